@@ -1,0 +1,174 @@
+//! CAR v1 reading: the container firehose commits carry their blocks in.
+//!
+//! A CAR is `varint(len) header` then repeated `varint(len) CID block`. Blocks are borrowed
+//! from the input, so reading a CAR copies nothing.
+
+use crate::data::{DataError, verify_block};
+use cid::Cid;
+use serde::Deserialize;
+
+/// Why a CAR could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CarError {
+    /// The input ended inside a length prefix, CID or block.
+    #[error("CAR truncated at byte {0}")]
+    Truncated(usize),
+    /// The header is not `{version: 1, roots: [...]}`.
+    #[error("bad CAR header: {0}")]
+    Header(String),
+    /// A section's CID could not be parsed.
+    #[error("bad CID in CAR section at byte {offset}: {message}")]
+    Cid {
+        /// Where the section starts.
+        offset: usize,
+        /// The parser's complaint.
+        message: String,
+    },
+    /// A block does not hash to its CID.
+    #[error(transparent)]
+    Block(#[from] DataError),
+}
+
+/// A parsed CAR v1: its roots and its blocks, borrowed from the input bytes.
+#[derive(Debug, Clone)]
+pub struct Car<'a> {
+    /// The root CIDs (a commit CAR has one: the signed commit).
+    pub roots: Vec<Cid>,
+    /// The blocks in file order. Commits carry a handful, so lookups scan linearly.
+    pub blocks: Vec<(Cid, &'a [u8])>,
+}
+
+#[derive(Deserialize)]
+struct CarHeader {
+    version: u64,
+    roots: Vec<Cid>,
+}
+
+/// Reads an unsigned LEB128 varint; returns the value and the bytes it used.
+pub fn read_varint(input: &[u8]) -> Option<(u64, usize)> {
+    let mut value: u64 = 0;
+    for (i, byte) in input.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+impl<'a> Car<'a> {
+    /// Parses a CAR v1 without checking block hashes (see [`Car::verify_all`]).
+    pub fn parse(input: &'a [u8]) -> Result<Self, CarError> {
+        let (header_len, used) = read_varint(input).ok_or(CarError::Truncated(0))?;
+        let header_end = used
+            .checked_add(header_len as usize)
+            .filter(|&e| e <= input.len())
+            .ok_or(CarError::Truncated(used))?;
+        let header: CarHeader = serde_ipld_dagcbor::from_slice(&input[used..header_end])
+            .map_err(|e| CarError::Header(e.to_string()))?;
+        if header.version != 1 {
+            return Err(CarError::Header(format!(
+                "version {} (only 1 is supported)",
+                header.version
+            )));
+        }
+        let mut blocks = Vec::new();
+        let mut pos = header_end;
+        while pos < input.len() {
+            let (len, used) = read_varint(&input[pos..]).ok_or(CarError::Truncated(pos))?;
+            let start = pos + used;
+            let end = start
+                .checked_add(len as usize)
+                .filter(|&e| e <= input.len())
+                .ok_or(CarError::Truncated(pos))?;
+            let mut section = &input[start..end];
+            let cid = Cid::read_bytes(&mut section).map_err(|e| CarError::Cid {
+                offset: pos,
+                message: e.to_string(),
+            })?;
+            blocks.push((cid, section));
+            pos = end;
+        }
+        Ok(Car {
+            roots: header.roots,
+            blocks,
+        })
+    }
+
+    /// The block stored under `cid`, if the CAR carries it.
+    pub fn get(&self, cid: &Cid) -> Option<&'a [u8]> {
+        self.blocks.iter().find(|(c, _)| c == cid).map(|(_, b)| *b)
+    }
+
+    /// Checks every block against its CID.
+    pub fn verify_all(&self) -> Result<(), CarError> {
+        for (cid, bytes) in &self.blocks {
+            verify_block(cid, bytes)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes a CAR v1 with the given roots and blocks (used by tests and the archive tooling).
+pub fn write_car(roots: &[Cid], blocks: &[(Cid, Vec<u8>)]) -> Result<Vec<u8>, DataError> {
+    #[derive(serde::Serialize)]
+    struct Header<'r> {
+        roots: &'r [Cid],
+        version: u64,
+    }
+    let header = crate::data::encode_cbor(&Header { roots, version: 1 })?;
+    let mut out = Vec::new();
+    write_varint(&mut out, header.len() as u64);
+    out.extend_from_slice(&header);
+    for (cid, bytes) in blocks {
+        let cid_bytes = cid.to_bytes();
+        write_varint(&mut out, (cid_bytes.len() + bytes.len()) as u64);
+        out.extend_from_slice(&cid_bytes);
+        out.extend_from_slice(bytes);
+    }
+    Ok(out)
+}
+
+/// Appends an unsigned LEB128 varint.
+pub fn write_varint(out: &mut Vec<u8>, mut value: u64) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::cid_for_cbor;
+
+    #[test]
+    fn round_trip_and_truncation() {
+        let block = crate::data::encode_cbor(&"hello").unwrap();
+        let cid = cid_for_cbor(&block);
+        let car = write_car(&[cid], &[(cid, block.clone())]).unwrap();
+        let parsed = Car::parse(&car).unwrap();
+        assert_eq!(parsed.roots, vec![cid]);
+        assert_eq!(parsed.get(&cid), Some(block.as_slice()));
+        parsed.verify_all().unwrap();
+        for cut in 1..car.len() {
+            // A cut at the end of the header is a valid empty CAR; no cut may yield the block.
+            let whole = matches!(Car::parse(&car[..cut]), Ok(c) if !c.blocks.is_empty());
+            assert!(!whole, "cut at {cut} still yields the block");
+        }
+    }
+
+    #[test]
+    fn varint_round_trip() {
+        for v in [0u64, 1, 127, 128, 300, 1 << 35, u64::MAX] {
+            let mut out = Vec::new();
+            write_varint(&mut out, v);
+            assert_eq!(read_varint(&out), Some((v, out.len())));
+        }
+    }
+}

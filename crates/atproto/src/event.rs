@@ -1,0 +1,432 @@
+//! The typed event every source yields, whatever the wire: firehose frames and Jetstream JSON
+//! both become an [`Event`].
+
+use crate::car::Car;
+use crate::crypto::PublicKey;
+use crate::data::{Ipld, encode_cbor, verify_block};
+use crate::frame::{CommitError, CommitFrame, Frame, SyncFrame};
+use crate::record::Record;
+use cid::Cid;
+use serde_json::{Value, json};
+
+/// One repo or account event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The source's position for this event: the firehose `seq`, or Jetstream's `time_us`.
+    pub cursor: i64,
+    /// The account's DID.
+    pub did: String,
+    /// When the source says the event happened (atproto datetime, as sent).
+    pub time: String,
+    /// What happened.
+    pub body: EventBody,
+}
+
+/// What an event is about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventBody {
+    /// Records created, updated or deleted.
+    Commit(Commit),
+    /// Handle or DID document change.
+    Identity {
+        /// The current handle, if sent.
+        handle: Option<String>,
+    },
+    /// Hosting status change.
+    Account {
+        /// Whether the account is active.
+        active: bool,
+        /// Why not: `takendown`, `suspended`, `deleted`, `deactivated`, ...
+        status: Option<String>,
+    },
+    /// The repo was reset to a new commit; consumers should re-sync it.
+    Sync {
+        /// The new revision.
+        rev: String,
+    },
+}
+
+impl EventBody {
+    /// `commit`, `identity`, `account` or `sync`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventBody::Commit(_) => "commit",
+            EventBody::Identity { .. } => "identity",
+            EventBody::Account { .. } => "account",
+            EventBody::Sync { .. } => "sync",
+        }
+    }
+}
+
+/// A repo commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Commit {
+    /// Revision (TID) of this commit.
+    pub rev: String,
+    /// Revision this diff is against.
+    pub since: Option<String>,
+    /// CID of the signed commit (absent from Jetstream).
+    pub commit_cid: Option<Cid>,
+    /// The commit was too big for the relay to include its blocks: ops have CIDs but no
+    /// records. Surfaced so a consumer can fetch the repo instead of silently missing data.
+    pub too_big: bool,
+    /// Whether the commit signature was checked against the account's key.
+    pub signature: SignatureCheck,
+    /// The record operations, in commit order.
+    pub ops: Vec<Op>,
+}
+
+/// Whether a commit's signature was verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureCheck {
+    /// Verified against the account's signing key.
+    Verified,
+    /// Not checked: the key was not known, or the source (Jetstream) carries no signature.
+    Unchecked,
+}
+
+/// What an op did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// A new record.
+    Create,
+    /// A record replaced.
+    Update,
+    /// A record removed.
+    Delete,
+}
+
+impl Action {
+    /// Parses `create` / `update` / `delete`.
+    pub fn parse(s: &str) -> Option<Action> {
+        match s {
+            "create" => Some(Action::Create),
+            "update" => Some(Action::Update),
+            "delete" => Some(Action::Delete),
+            _ => None,
+        }
+    }
+
+    /// The wire name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+/// One record operation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Op {
+    /// Create, update or delete.
+    pub action: Action,
+    /// The collection NSID.
+    pub collection: String,
+    /// The record key.
+    pub rkey: String,
+    /// The new record's CID (none for deletes).
+    pub cid: Option<Cid>,
+    /// The previous record's CID, when the source sends it (sync v1.1).
+    pub prev: Option<Cid>,
+    /// The record, for creates and updates whose block was present and matched its CID.
+    pub record: Option<Record>,
+    /// Why `record` is missing on a create or update (e.g. `tooBig`, block absent, not CBOR).
+    pub record_problem: Option<String>,
+}
+
+impl Op {
+    /// `collection/rkey`.
+    pub fn path(&self) -> String {
+        format!("{}/{}", self.collection, self.rkey)
+    }
+
+    /// `at://did/collection/rkey`.
+    pub fn uri(&self, did: &str) -> String {
+        format!("at://{did}/{}/{}", self.collection, self.rkey)
+    }
+}
+
+/// Splits an op path `collection/rkey`.
+pub fn split_path(path: &str) -> Option<(&str, &str)> {
+    let (collection, rkey) = path.split_once('/')?;
+    (!collection.is_empty() && !rkey.is_empty() && !rkey.contains('/')).then_some((collection, rkey))
+}
+
+/// The signed commit object inside a commit's CAR.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignedCommit {
+    /// The repo's DID.
+    pub did: String,
+    /// Repo format version (3).
+    pub version: i64,
+    /// The MST root.
+    pub data: Cid,
+    /// Revision.
+    pub rev: String,
+    /// The signature over the commit without `sig`.
+    pub sig: Vec<u8>,
+    /// The DAG-CBOR bytes of the commit without `sig`: what the signature covers.
+    pub unsigned_bytes: Vec<u8>,
+}
+
+impl SignedCommit {
+    /// Decodes and checks the commit block (hash must match `cid`).
+    pub fn from_block(cid: &Cid, bytes: &[u8]) -> Result<Self, CommitError> {
+        verify_block(cid, bytes)?;
+        let value: Ipld = serde_ipld_dagcbor::from_slice(bytes)
+            .map_err(|e| CommitError::BadCommit(e.to_string()))?;
+        let Ipld::Map(mut map) = value else {
+            return Err(CommitError::BadCommit("not a map".into()));
+        };
+        let sig = match map.remove("sig") {
+            Some(Ipld::Bytes(sig)) => sig,
+            _ => return Err(CommitError::BadCommit("missing `sig` bytes".into())),
+        };
+        let text = |map: &std::collections::BTreeMap<String, Ipld>, key: &str| match map.get(key) {
+            Some(Ipld::String(s)) => Ok(s.clone()),
+            _ => Err(CommitError::BadCommit(format!("missing string `{key}`"))),
+        };
+        let did = text(&map, "did")?;
+        let rev = text(&map, "rev")?;
+        let version = match map.get("version") {
+            Some(Ipld::Integer(v)) => i64::try_from(*v).unwrap_or(-1),
+            _ => return Err(CommitError::BadCommit("missing `version`".into())),
+        };
+        let data = match map.get("data") {
+            Some(Ipld::Link(c)) => *c,
+            _ => return Err(CommitError::BadCommit("missing `data` link".into())),
+        };
+        let unsigned_bytes = encode_cbor(&Ipld::Map(map))?;
+        Ok(SignedCommit {
+            did,
+            version,
+            data,
+            rev,
+            sig,
+            unsigned_bytes,
+        })
+    }
+
+    /// Verifies the signature with the account's signing key.
+    pub fn verify(&self, key: &PublicKey) -> Result<(), CommitError> {
+        Ok(key.verify(&self.unsigned_bytes, &self.sig)?)
+    }
+
+    fn check_matches(&self, did: &str, rev: &str) -> Result<(), CommitError> {
+        if self.did != did {
+            return Err(CommitError::Mismatch {
+                field: "did",
+                inner: self.did.clone(),
+                outer: did.into(),
+            });
+        }
+        if self.rev != rev {
+            return Err(CommitError::Mismatch {
+                field: "rev",
+                inner: self.rev.clone(),
+                outer: rev.into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl CommitFrame<'_> {
+    /// Resolves the ops to records, checking each record block against its CID, and — when
+    /// `key` is given — the commit's signature. A record that is missing or not CBOR does not
+    /// fail the commit (it is reported on the op); a block that does not match its CID does,
+    /// because then the frame is not what the repo signed.
+    pub fn to_event(&self, key: Option<&PublicKey>) -> Result<Event, CommitError> {
+        let car = if self.too_big || self.blocks.is_empty() {
+            None
+        } else {
+            Some(Car::parse(self.blocks)?)
+        };
+        let mut signature = SignatureCheck::Unchecked;
+        if let Some(car) = &car {
+            let block = car
+                .get(&self.commit)
+                .ok_or_else(|| CommitError::MissingCommit(self.commit.to_string()))?;
+            let signed = SignedCommit::from_block(&self.commit, block)?;
+            signed.check_matches(self.repo, self.rev)?;
+            if let Some(key) = key {
+                signed.verify(key)?;
+                signature = SignatureCheck::Verified;
+            }
+        }
+        let mut ops = Vec::with_capacity(self.ops.len());
+        for op in &self.ops {
+            let action =
+                Action::parse(op.action).ok_or_else(|| CommitError::BadAction(op.action.into()))?;
+            let (collection, rkey) =
+                split_path(op.path).ok_or_else(|| CommitError::BadPath(op.path.into()))?;
+            let (mut record, mut record_problem) = (None, None);
+            if action != Action::Delete {
+                match (&car, &op.cid) {
+                    (_, None) => record_problem = Some("op has no CID".to_string()),
+                    (None, Some(_)) => {
+                        record_problem = Some(if self.too_big { "tooBig" } else { "no blocks" }.into())
+                    }
+                    (Some(car), Some(cid)) => match car.get(cid) {
+                        None => record_problem = Some("record block missing from CAR".into()),
+                        Some(bytes) => {
+                            verify_block(cid, bytes)?;
+                            match Record::from_cbor(bytes) {
+                                Ok(r) => record = Some(r),
+                                Err(e) => record_problem = Some(e.to_string()),
+                            }
+                        }
+                    },
+                }
+            }
+            ops.push(Op {
+                action,
+                collection: collection.to_string(),
+                rkey: rkey.to_string(),
+                cid: op.cid,
+                prev: op.prev,
+                record,
+                record_problem,
+            });
+        }
+        Ok(Event {
+            cursor: self.seq,
+            did: self.repo.to_string(),
+            time: self.time.to_string(),
+            body: EventBody::Commit(Commit {
+                rev: self.rev.to_string(),
+                since: self.since.map(str::to_string),
+                commit_cid: Some(self.commit),
+                too_big: self.too_big,
+                signature,
+                ops,
+            }),
+        })
+    }
+}
+
+impl SyncFrame<'_> {
+    /// Checks the `#sync` commit block (and its signature when `key` is given).
+    pub fn to_event(&self, key: Option<&PublicKey>) -> Result<Event, CommitError> {
+        let car = Car::parse(self.blocks)?;
+        let root = *car
+            .roots
+            .first()
+            .ok_or_else(|| CommitError::BadCommit("#sync CAR has no root".into()))?;
+        let block = car
+            .get(&root)
+            .ok_or_else(|| CommitError::MissingCommit(root.to_string()))?;
+        let signed = SignedCommit::from_block(&root, block)?;
+        signed.check_matches(self.did, self.rev)?;
+        if let Some(key) = key {
+            signed.verify(key)?;
+        }
+        Ok(Event {
+            cursor: self.seq,
+            did: self.did.to_string(),
+            time: self.time.to_string(),
+            body: EventBody::Sync {
+                rev: self.rev.to_string(),
+            },
+        })
+    }
+}
+
+impl Frame<'_> {
+    /// The repo DID a message frame is about.
+    pub fn did(&self) -> Option<&str> {
+        match self {
+            Frame::Commit(c) => Some(c.repo),
+            Frame::Identity(f) => Some(f.did),
+            Frame::Account(f) => Some(f.did),
+            Frame::Sync(f) => Some(f.did),
+            _ => None,
+        }
+    }
+
+    /// Turns a repo/account frame into an [`Event`]; `None` for `#info`, errors and unknown
+    /// types, which are stream control, not events.
+    pub fn to_event(&self, key: Option<&PublicKey>) -> Result<Option<Event>, CommitError> {
+        Ok(Some(match self {
+            Frame::Commit(c) => c.to_event(key)?,
+            Frame::Sync(s) => s.to_event(key)?,
+            Frame::Identity(f) => Event {
+                cursor: f.seq,
+                did: f.did.to_string(),
+                time: f.time.to_string(),
+                body: EventBody::Identity {
+                    handle: f.handle.map(str::to_string),
+                },
+            },
+            Frame::Account(f) => Event {
+                cursor: f.seq,
+                did: f.did.to_string(),
+                time: f.time.to_string(),
+                body: EventBody::Account {
+                    active: f.active,
+                    status: f.status.map(str::to_string),
+                },
+            },
+            Frame::Info(_) | Frame::Error(_) | Frame::Unknown { .. } => return Ok(None),
+        }))
+    }
+}
+
+impl Event {
+    /// The event as one JSON object, for `skywarden ingest` and scripts. With `records`, each
+    /// op carries its record as atproto JSON.
+    pub fn to_json(&self, records: bool) -> Value {
+        let mut out = json!({
+            "cursor": self.cursor,
+            "kind": self.body.kind(),
+            "did": self.did,
+            "time": self.time,
+        });
+        let obj = out.as_object_mut().expect("literal object");
+        match &self.body {
+            EventBody::Commit(c) => {
+                obj.insert("rev".into(), json!(c.rev));
+                if c.too_big {
+                    obj.insert("tooBig".into(), json!(true));
+                }
+                if c.signature == SignatureCheck::Verified {
+                    obj.insert("verified".into(), json!(true));
+                }
+                let ops: Vec<Value> = c
+                    .ops
+                    .iter()
+                    .map(|op| {
+                        let mut o = json!({ "action": op.action.as_str(), "path": op.path() });
+                        let m = o.as_object_mut().expect("literal object");
+                        if let Some(cid) = &op.cid {
+                            m.insert("cid".into(), json!(cid.to_string()));
+                        }
+                        if let Some(p) = &op.record_problem {
+                            m.insert("recordProblem".into(), json!(p));
+                        }
+                        if records {
+                            if let Some(r) = &op.record {
+                                m.insert("record".into(), r.to_json());
+                            }
+                        }
+                        o
+                    })
+                    .collect();
+                obj.insert("ops".into(), Value::Array(ops));
+            }
+            EventBody::Identity { handle } => {
+                obj.insert("handle".into(), json!(handle));
+            }
+            EventBody::Account { active, status } => {
+                obj.insert("active".into(), json!(active));
+                obj.insert("status".into(), json!(status));
+            }
+            EventBody::Sync { rev } => {
+                obj.insert("rev".into(), json!(rev));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,19 @@
+//! The AT Protocol core for skywarden.
+//!
+//! Everything here is pure protocol, with no I/O: string syntax ([`syntax`]), the DAG-CBOR data
+//! model and CIDs ([`data`]), CAR files ([`car`]), firehose frames ([`frame`]), the typed event
+//! every source yields ([`event`]), records read leniently ([`record`]), keys and signatures
+//! ([`crypto`]) and labels ([`label`]). Higher crates build on these types; this crate imports
+//! none of them.
+#![warn(missing_docs)]
+
+pub mod car;
+pub mod crypto;
+pub mod data;
+pub mod event;
+pub mod frame;
+pub mod label;
+pub mod record;
+// pub mod syntax;
+
+pub use cid::Cid;

@@ -1,0 +1,402 @@
+//! Records, read leniently.
+//!
+//! A record is kept as its data model value. Typed views ([`Post`], [`Profile`], ...) read the
+//! fields rules need and answer `None` (or empty) for anything missing or of the wrong shape:
+//! an unknown collection, an unknown field, or a field with an unexpected type never fails
+//! ingestion, it is just not there for the view.
+
+use crate::data::{DataError, Ipld, decode_cbor, ipld_to_json};
+use std::collections::BTreeMap;
+
+/// A decoded record of any collection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    value: Ipld,
+}
+
+fn str_of<'a>(map: &'a BTreeMap<String, Ipld>, key: &str) -> Option<&'a str> {
+    match map.get(key) {
+        Some(Ipld::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn map_of<'a>(map: &'a BTreeMap<String, Ipld>, key: &str) -> Option<&'a BTreeMap<String, Ipld>> {
+    match map.get(key) {
+        Some(Ipld::Map(m)) => Some(m),
+        _ => None,
+    }
+}
+
+fn list_of<'a>(map: &'a BTreeMap<String, Ipld>, key: &str) -> &'a [Ipld] {
+    match map.get(key) {
+        Some(Ipld::List(l)) => l,
+        _ => &[],
+    }
+}
+
+fn int_of(map: &BTreeMap<String, Ipld>, key: &str) -> Option<i64> {
+    match map.get(key) {
+        Some(Ipld::Integer(i)) => i64::try_from(*i).ok(),
+        _ => None,
+    }
+}
+
+static EMPTY: BTreeMap<String, Ipld> = BTreeMap::new();
+
+impl Record {
+    /// Decodes a record block. Fails only when the bytes are not DAG-CBOR at all; a record of
+    /// unexpected shape still decodes.
+    pub fn from_cbor(bytes: &[u8]) -> Result<Self, DataError> {
+        decode_cbor(bytes).map(Record::from_value)
+    }
+
+    /// Wraps an already decoded value (e.g. from Jetstream's JSON).
+    pub fn from_value(value: Ipld) -> Self {
+        Record { value }
+    }
+
+    /// The raw value.
+    pub fn value(&self) -> &Ipld {
+        &self.value
+    }
+
+    /// The record as atproto JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        ipld_to_json(&self.value)
+    }
+
+    fn fields(&self) -> &BTreeMap<String, Ipld> {
+        match &self.value {
+            Ipld::Map(m) => m,
+            _ => &EMPTY,
+        }
+    }
+
+    /// The record's `$type`, if it has a string one.
+    pub fn record_type(&self) -> Option<&str> {
+        str_of(self.fields(), "$type")
+    }
+
+    /// A top-level string field.
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        str_of(self.fields(), key)
+    }
+
+    /// Any field by a dotted path (`embed.external.uri`); list items by index (`langs.0`).
+    pub fn get_path(&self, path: &str) -> Option<&Ipld> {
+        let mut current = &self.value;
+        for part in path.split('.') {
+            current = match current {
+                Ipld::Map(m) => m.get(part)?,
+                Ipld::List(l) => l.get(part.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(current)
+    }
+
+    /// The `createdAt` string, if present.
+    pub fn created_at(&self) -> Option<&str> {
+        self.get_str("createdAt")
+    }
+
+    /// A view as `app.bsky.feed.post`.
+    pub fn as_post(&self) -> Post<'_> {
+        Post(self.fields())
+    }
+
+    /// A view as `app.bsky.actor.profile`.
+    pub fn as_profile(&self) -> Profile<'_> {
+        Profile(self.fields())
+    }
+
+    /// The subject of a like or repost (`subject.uri`), or of a follow or block (`subject` DID),
+    /// or a list item (`subject` DID).
+    pub fn subject(&self) -> Option<&str> {
+        match self.fields().get("subject") {
+            Some(Ipld::String(did)) => Some(did),
+            Some(Ipld::Map(m)) => str_of(m, "uri"),
+            _ => None,
+        }
+    }
+
+    /// The `subject.cid` of a like or repost.
+    pub fn subject_cid(&self) -> Option<&str> {
+        map_of(self.fields(), "subject").and_then(|m| str_of(m, "cid"))
+    }
+
+    /// The `name` of a list, starter pack or similar record.
+    pub fn name(&self) -> Option<&str> {
+        self.get_str("name")
+    }
+
+    /// The `displayName` of a profile or feed generator.
+    pub fn display_name(&self) -> Option<&str> {
+        self.get_str("displayName")
+    }
+
+    /// The `description` of a profile, list or feed generator.
+    pub fn description(&self) -> Option<&str> {
+        self.get_str("description")
+    }
+
+    /// The `list` AT-URI of a list item.
+    pub fn list(&self) -> Option<&str> {
+        self.get_str("list")
+    }
+
+    /// Self-labels (`labels.values[].val`) the author put on the record.
+    pub fn self_labels(&self) -> impl Iterator<Item = &str> {
+        map_of(self.fields(), "labels")
+            .map(|l| list_of(l, "values"))
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|v| match v {
+                Ipld::Map(m) => str_of(m, "val"),
+                _ => None,
+            })
+    }
+}
+
+/// A view of an `app.bsky.feed.post` record.
+#[derive(Debug, Clone, Copy)]
+pub struct Post<'a>(&'a BTreeMap<String, Ipld>);
+
+/// A link from a reply to its parent and thread root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyRef<'a> {
+    /// AT-URI of the thread root.
+    pub root: Option<&'a str>,
+    /// AT-URI of the post replied to.
+    pub parent: Option<&'a str>,
+}
+
+/// A rich-text facet: a byte range of the text and what it means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facet<'a> {
+    /// UTF-8 byte offset where the range starts.
+    pub byte_start: i64,
+    /// UTF-8 byte offset where the range ends (exclusive).
+    pub byte_end: i64,
+    /// What the range is.
+    pub features: Vec<FacetFeature<'a>>,
+}
+
+impl Facet<'_> {
+    /// The text the facet covers, if its byte range is valid for `text`.
+    pub fn slice<'t>(&self, text: &'t str) -> Option<&'t str> {
+        let start = usize::try_from(self.byte_start).ok()?;
+        let end = usize::try_from(self.byte_end).ok()?;
+        text.get(start..end)
+    }
+}
+
+/// One meaning of a facet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FacetFeature<'a> {
+    /// `#mention`: the DID mentioned.
+    Mention(&'a str),
+    /// `#link`: the target URI.
+    Link(&'a str),
+    /// `#tag`: the hashtag without `#`.
+    Tag(&'a str),
+    /// Another feature type.
+    Other(&'a str),
+}
+
+/// A post's embed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Embed<'a> {
+    /// `app.bsky.embed.images`: the alt texts, one per image.
+    Images(Vec<&'a str>),
+    /// `app.bsky.embed.external`: a link card.
+    External {
+        /// The card's URI.
+        uri: Option<&'a str>,
+        /// Its title.
+        title: Option<&'a str>,
+        /// Its description.
+        description: Option<&'a str>,
+    },
+    /// `app.bsky.embed.record`: a quote of another record.
+    Record(Option<&'a str>),
+    /// `app.bsky.embed.recordWithMedia`: a quote plus media.
+    RecordWithMedia {
+        /// The quoted record's AT-URI.
+        uri: Option<&'a str>,
+        /// The media.
+        media: Box<Embed<'a>>,
+    },
+    /// `app.bsky.embed.video`.
+    Video {
+        /// Alt text.
+        alt: Option<&'a str>,
+    },
+    /// Another embed type (its `$type`, possibly empty).
+    Other(&'a str),
+}
+
+impl<'a> Embed<'a> {
+    /// The embed's `$type` as written in records.
+    pub fn type_name(&self) -> &'a str {
+        match self {
+            Embed::Images(_) => "app.bsky.embed.images",
+            Embed::External { .. } => "app.bsky.embed.external",
+            Embed::Record(_) => "app.bsky.embed.record",
+            Embed::RecordWithMedia { .. } => "app.bsky.embed.recordWithMedia",
+            Embed::Video { .. } => "app.bsky.embed.video",
+            Embed::Other(t) => t,
+        }
+    }
+
+    /// The quoted record's AT-URI, for quotes.
+    pub fn quoted_uri(&self) -> Option<&'a str> {
+        match self {
+            Embed::Record(uri) | Embed::RecordWithMedia { uri, .. } => *uri,
+            _ => None,
+        }
+    }
+
+    fn parse(map: &'a BTreeMap<String, Ipld>) -> Embed<'a> {
+        let kind = str_of(map, "$type").unwrap_or("");
+        match kind {
+            "app.bsky.embed.images" => Embed::Images(
+                list_of(map, "images")
+                    .iter()
+                    .map(|img| match img {
+                        Ipld::Map(m) => str_of(m, "alt").unwrap_or(""),
+                        _ => "",
+                    })
+                    .collect(),
+            ),
+            "app.bsky.embed.external" => {
+                let ext = map_of(map, "external").unwrap_or(&EMPTY);
+                Embed::External {
+                    uri: str_of(ext, "uri"),
+                    title: str_of(ext, "title"),
+                    description: str_of(ext, "description"),
+                }
+            }
+            "app.bsky.embed.record" => {
+                Embed::Record(map_of(map, "record").and_then(|r| str_of(r, "uri")))
+            }
+            "app.bsky.embed.recordWithMedia" => {
+                // The quote is `record.record.uri`: a record-embed wrapped in the outer one.
+                let uri = map_of(map, "record")
+                    .and_then(|r| map_of(r, "record"))
+                    .and_then(|r| str_of(r, "uri"));
+                let media = map_of(map, "media").map_or(Embed::Other(""), Embed::parse);
+                Embed::RecordWithMedia {
+                    uri,
+                    media: Box::new(media),
+                }
+            }
+            "app.bsky.embed.video" => Embed::Video {
+                alt: str_of(map, "alt"),
+            },
+            other => Embed::Other(other),
+        }
+    }
+}
+
+impl<'a> Post<'a> {
+    /// The post text ("" when missing).
+    pub fn text(&self) -> &'a str {
+        str_of(self.0, "text").unwrap_or("")
+    }
+
+    /// Declared languages.
+    pub fn langs(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        list_of(self.0, "langs").iter().filter_map(|v| match v {
+            Ipld::String(s) => Some(s.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Extra hashtags in the `tags` field (outside the text).
+    pub fn tags(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        list_of(self.0, "tags").iter().filter_map(|v| match v {
+            Ipld::String(s) => Some(s.as_str()),
+            _ => None,
+        })
+    }
+
+    /// The reply reference, if this post is a reply.
+    pub fn reply(&self) -> Option<ReplyRef<'a>> {
+        let reply = map_of(self.0, "reply")?;
+        Some(ReplyRef {
+            root: map_of(reply, "root").and_then(|r| str_of(r, "uri")),
+            parent: map_of(reply, "parent").and_then(|r| str_of(r, "uri")),
+        })
+    }
+
+    /// The embed, if any.
+    pub fn embed(&self) -> Option<Embed<'a>> {
+        map_of(self.0, "embed").map(Embed::parse)
+    }
+
+    /// The facets, skipping malformed ones.
+    pub fn facets(&self) -> Vec<Facet<'a>> {
+        list_of(self.0, "facets")
+            .iter()
+            .filter_map(|f| {
+                let Ipld::Map(f) = f else { return None };
+                let index = map_of(f, "index")?;
+                let features = list_of(f, "features")
+                    .iter()
+                    .filter_map(|feat| {
+                        let Ipld::Map(feat) = feat else { return None };
+                        let kind = str_of(feat, "$type").unwrap_or("");
+                        Some(match kind {
+                            "app.bsky.richtext.facet#mention" => {
+                                FacetFeature::Mention(str_of(feat, "did")?)
+                            }
+                            "app.bsky.richtext.facet#link" => {
+                                FacetFeature::Link(str_of(feat, "uri")?)
+                            }
+                            "app.bsky.richtext.facet#tag" => FacetFeature::Tag(str_of(feat, "tag")?),
+                            other => FacetFeature::Other(other),
+                        })
+                    })
+                    .collect();
+                Some(Facet {
+                    byte_start: int_of(index, "byteStart")?,
+                    byte_end: int_of(index, "byteEnd")?,
+                    features,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A view of an `app.bsky.actor.profile` record.
+#[derive(Debug, Clone, Copy)]
+pub struct Profile<'a>(&'a BTreeMap<String, Ipld>);
+
+impl<'a> Profile<'a> {
+    /// Display name.
+    pub fn display_name(&self) -> Option<&'a str> {
+        str_of(self.0, "displayName")
+    }
+
+    /// Bio.
+    pub fn description(&self) -> Option<&'a str> {
+        str_of(self.0, "description")
+    }
+
+    /// Whether an avatar blob is set.
+    pub fn has_avatar(&self) -> bool {
+        self.0.contains_key("avatar")
+    }
+
+    /// Whether a banner blob is set.
+    pub fn has_banner(&self) -> bool {
+        self.0.contains_key("banner")
+    }
+
+    /// The pinned post's AT-URI.
+    pub fn pinned_post(&self) -> Option<&'a str> {
+        map_of(self.0, "pinnedPost").and_then(|p| str_of(p, "uri"))
+    }
+}
