@@ -14,6 +14,6 @@ pub mod event;
 pub mod frame;
 pub mod label;
 pub mod record;
-// pub mod syntax;
+pub mod syntax;
 
 pub use cid::Cid;
