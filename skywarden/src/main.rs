@@ -1,1 +1,341 @@
-fn main(){}
+//! The `skywarden` command line: wiring only; the work happens in the library crates.
+
+use clap::{Args, Parser, Subcommand};
+use skywarden_ingest::archive::ArchiveWriter;
+use skywarden_ingest::firehose::WsSettings;
+use skywarden_ingest::metrics::SourceMetrics;
+use skywarden_ingest::{Format, Source, SourceConfig, SourceError};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// skywarden — a Trust & Safety engine for the AT Protocol network (Bluesky).
+///
+/// It watches the network — a relay's firehose, a PDS, Jetstream, or a recorded archive — and
+/// turns every frame into a typed, checked event: records resolved from the commit's blocks
+/// with their CIDs verified, commit signatures checked when the key is known, stale and
+/// replayed events dropped.
+///
+/// Start with:
+///   skywarden ingest --archive testdata/firehose/pds-recording.skwa --stats
+///   skywarden ingest --relay wss://bsky.network | head
+///   skywarden record --relay wss://bsky.network --out today.skwa --duration 60
+#[derive(Parser)]
+#[command(name = "skywarden", version, verbatim_doc_comment, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the version.
+    Version,
+    /// Watch a source and print one JSON line per event (or a running summary with --stats).
+    ///
+    /// Each line has the event's cursor (firehose `seq` or Jetstream `time_us`), its kind
+    /// (commit, identity, account, sync), the repo DID, and for commits each op's action and
+    /// path. Pipe it to `jq`, or add --records to include the records themselves.
+    ///
+    /// Examples:
+    ///   skywarden ingest --relay wss://bsky.network --cursor 123456789
+    ///   skywarden ingest --jetstream wss://jetstream2.us-east.bsky.network --collection app.bsky.feed.post
+    ///   skywarden ingest --archive capture.skwa --stats
+    #[command(verbatim_doc_comment)]
+    Ingest {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Include each op's record (as atproto JSON) in the output.
+        #[arg(long)]
+        records: bool,
+        /// Print a summary every second (and at the end) instead of one line per event.
+        #[arg(long)]
+        stats: bool,
+        /// Stop after this many events.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+    },
+    /// Record a source's raw frames into an archive file, to replay later with --archive.
+    ///
+    /// Frames are stored exactly as received, zstd-compressed in chunks, so a replay decodes
+    /// the same bytes. The file is flushed every second; a crash loses at most the last second,
+    /// and --append cuts a torn tail before continuing. Recording from --archive converts a
+    /// plain length-prefixed recording into skywarden's format.
+    ///
+    /// Examples:
+    ///   skywarden record --relay wss://bsky.network --out network.skwa --duration 300
+    ///   skywarden record --archive frames.bin --out frames.skwa
+    #[command(verbatim_doc_comment)]
+    Record {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// The archive file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Append to an existing archive instead of replacing it.
+        #[arg(long)]
+        append: bool,
+        /// Stop after this many frames.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<u64>,
+        /// zstd level: 1 (fast) to 19 (small).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+        level: i32,
+    },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false, id = "input")]
+struct SourceChoice {
+    /// A relay or PDS base URL (ws://, wss://, http://, https://); the
+    /// com.atproto.sync.subscribeRepos path is appended.
+    #[arg(long, value_name = "URL", group = "input")]
+    relay: Option<String>,
+    /// A Jetstream base URL; /subscribe is appended.
+    #[arg(long, value_name = "URL", group = "input")]
+    jetstream: Option<String>,
+    /// A recorded archive (skywarden's format, or plain [u32le length][frame] recordings).
+    #[arg(long, value_name = "FILE", group = "input")]
+    archive: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SourceArgs {
+    #[command(flatten)]
+    choice: SourceChoice,
+    /// Resume after this cursor (firehose seq, or Jetstream time_us).
+    #[arg(long, value_name = "N")]
+    cursor: Option<i64>,
+    /// Jetstream only: the collections to receive (repeatable; default all).
+    #[arg(long = "collection", value_name = "NSID")]
+    collections: Vec<String>,
+    /// Jetstream only: ask for uncompressed JSON instead of zstd.
+    #[arg(long)]
+    no_compress: bool,
+    /// Frames larger than this many bytes are skipped and counted.
+    #[arg(long, value_name = "BYTES", default_value_t = 5 << 20)]
+    max_frame_bytes: usize,
+}
+
+impl SourceArgs {
+    fn open(&self) -> Result<Source, SourceError> {
+        let config = SourceConfig {
+            cursor: self.cursor,
+            ..SourceConfig::default()
+        };
+        let settings = WsSettings {
+            max_frame_bytes: self.max_frame_bytes,
+            ..WsSettings::default()
+        };
+        let c = &self.choice;
+        if let Some(url) = &c.relay {
+            Source::firehose(url, settings, config)
+        } else if let Some(url) = &c.jetstream {
+            Source::jetstream(url, self.collections.clone(), !self.no_compress, settings, config)
+        } else if let Some(path) = &c.archive {
+            Source::archive(path, config)
+        } else {
+            Err(SourceError::Config(
+                "choose a source: --relay, --jetstream or --archive".into(),
+            ))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SKYWARDEN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Version => {
+                println!("skywarden {}", env!("CARGO_PKG_VERSION"));
+                Ok(())
+            }
+            Command::Ingest {
+                source,
+                records,
+                stats,
+                limit,
+            } => ingest(source, records, stats, limit).await,
+            Command::Record {
+                source,
+                out,
+                append,
+                limit,
+                duration,
+                level,
+            } => record(source, out, append, limit, duration, level).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Stops on Ctrl-C; returns true once it fired.
+fn interrupted() -> Arc<std::sync::atomic::AtomicBool> {
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = flag.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            f.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    flag
+}
+
+async fn ingest(args: SourceArgs, records: bool, stats: bool, limit: Option<u64>) -> Result<(), String> {
+    let mut source = args.open().map_err(|e| e.to_string())?;
+    let metrics = source.metrics();
+    let stop = interrupted();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let mut count = 0u64;
+    let outcome = loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) || limit.is_some_and(|l| count >= l) {
+            break Ok(());
+        }
+        // Wake up every second even when the stream is quiet, to flush and report.
+        let next = tokio::time::timeout(Duration::from_secs(1), source.next_event()).await;
+        match next {
+            Ok(Ok(Some(event))) => {
+                count += 1;
+                if !stats {
+                    let line = event.to_json(records);
+                    if writeln!(out, "{line}").is_err() {
+                        // The reader went away (`| head`): a normal end.
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(Ok(None)) => break Ok(()),
+            Ok(Err(e)) => break Err(e.to_string()),
+            Err(_) => {}
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            if stats {
+                let _ = writeln!(out, "{}", summary(&metrics, started.elapsed()));
+            }
+            if out.flush().is_err() {
+                return Ok(());
+            }
+            last_report = Instant::now();
+        }
+    };
+    if stats {
+        let _ = writeln!(out, "{}", summary(&metrics, started.elapsed()));
+    }
+    let _ = out.flush();
+    if let Some(cursor) = source.cursor() {
+        eprintln!("resume with --cursor {cursor}");
+    }
+    outcome
+}
+
+fn summary(metrics: &SourceMetrics, elapsed: Duration) -> serde_json::Value {
+    let s = metrics.snapshot();
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let frames: serde_json::Map<String, serde_json::Value> = s
+        .frames
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| (k.to_string(), (*n).into()))
+        .collect();
+    let dropped: serde_json::Map<String, serde_json::Value> = s
+        .dropped
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| (k.to_string(), (*n).into()))
+        .collect();
+    serde_json::json!({
+        "elapsed_s": (secs * 1000.0).round() / 1000.0,
+        "events": s.events,
+        "events_per_s": (s.events as f64 / secs).round(),
+        "mb": (s.bytes as f64 / 1e6 * 100.0).round() / 100.0,
+        "frames": frames,
+        "dropped": dropped,
+        "decode_errors": s.decode_errors,
+        "oversized": s.oversized,
+        "reconnects": s.reconnects,
+        "outdated_cursor": s.outdated_cursor,
+        "cursor": s.last_cursor,
+        "lag_s": (s.lag_seconds * 1000.0).round() / 1000.0,
+    })
+}
+
+async fn record(
+    args: SourceArgs,
+    out: PathBuf,
+    append: bool,
+    limit: Option<u64>,
+    duration: Option<u64>,
+    level: i32,
+) -> Result<(), String> {
+    let mut source = args.open().map_err(|e| e.to_string())?;
+    let format = source.format();
+    let writer = if append {
+        ArchiveWriter::append(&out, format)
+    } else {
+        ArchiveWriter::create(&out, format)
+    };
+    let mut writer = writer.map_err(|e| e.to_string())?.level(level);
+    let stop = interrupted();
+    let deadline = duration.map(|d| Instant::now() + Duration::from_secs(d));
+    let mut last_flush = Instant::now();
+    let mut count = 0u64;
+    let outcome = loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed)
+            || limit.is_some_and(|l| count >= l)
+            || deadline.is_some_and(|d| Instant::now() >= d)
+        {
+            break Ok(());
+        }
+        match tokio::time::timeout(Duration::from_secs(1), source.next_raw()).await {
+            Ok(Ok(Some(frame))) => {
+                writer.write(&frame).map_err(|e| e.to_string())?;
+                count += 1;
+            }
+            Ok(Ok(None)) => break Ok(()),
+            Ok(Err(e)) => break Err(e.to_string()),
+            Err(_) => {}
+        }
+        if last_flush.elapsed() >= Duration::from_secs(1) {
+            writer.flush().map_err(|e| e.to_string())?;
+            last_flush = Instant::now();
+        }
+    };
+    writer.finish().map_err(|e| e.to_string())?;
+    let kind = match format {
+        Format::Firehose => "firehose",
+        Format::Jetstream => "jetstream",
+    };
+    eprintln!("recorded {count} {kind} frames to {}", out.display());
+    if let Some(cursor) = source.cursor() {
+        eprintln!("resume with --cursor {cursor}");
+    }
+    outcome
+}

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use skywarden_atproto::data::json_to_ipld;
 use skywarden_atproto::event::{Action, Commit, Event, EventBody, Op, SignatureCheck};
 use skywarden_atproto::record::Record;
+use skywarden_atproto::syntax::Datetime;
 use std::io::Read as _;
 use std::sync::Arc;
 
@@ -238,40 +239,14 @@ pub fn decode_message(json: &[u8]) -> Result<Event, String> {
     })
 }
 
-/// Formats microseconds since the epoch as an atproto datetime (`2024-09-05T06:11:04.870123Z`).
-pub fn format_micros(micros: i64) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let frac = micros.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm): proleptic Gregorian calendar.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{frac:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+/// Formats microseconds since the epoch as an atproto datetime.
+fn format_micros(micros: i64) -> String {
+    Datetime::from_timestamp_micros(micros).map_or_else(|_| String::new(), Datetime::into_string)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats_known_instants() {
-        assert_eq!(format_micros(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(format_micros(1_729_705_879_128_000), "2024-10-23T17:51:19.128000Z");
-        assert_eq!(format_micros(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
-    }
 
     #[test]
     fn decodes_the_three_kinds_and_rejects_garbage() {
