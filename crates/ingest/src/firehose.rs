@@ -91,7 +91,7 @@ pub(crate) struct Ws {
     backoff: Backoff,
     socket: Option<Socket>,
     failures: u32,
-    metrics: Arc<SourceMetrics>,
+    pub(crate) metrics: Arc<SourceMetrics>,
     connected_once: bool,
 }
 

@@ -11,6 +11,7 @@ use skywarden_atproto::record::Record;
 use skywarden_atproto::syntax::Datetime;
 use std::io::Read as _;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Jetstream's zstd dictionary for `/subscribe?compress=true` (bluesky-social/jetstream,
 /// MIT/Apache-2.0), shipped inside the binary.
@@ -70,6 +71,7 @@ impl JetstreamTransport {
                 match decompress(&bytes, &self.dictionary, self.ws.max_frame_bytes()) {
                     Ok(json) => json,
                     Err(e) => {
+                        self.ws.metrics.decode_errors.fetch_add(1, Relaxed);
                         tracing::warn!(error = %e, "undecodable Jetstream message skipped");
                         continue;
                     }
