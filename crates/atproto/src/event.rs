@@ -406,10 +406,8 @@ impl Event {
                         if let Some(p) = &op.record_problem {
                             m.insert("recordProblem".into(), json!(p));
                         }
-                        if records {
-                            if let Some(r) = &op.record {
-                                m.insert("record".into(), r.to_json());
-                            }
+                        if let Some(r) = op.record.as_ref().filter(|_| records) {
+                            m.insert("record".into(), r.to_json());
                         }
                         o
                     })

@@ -274,17 +274,17 @@ impl Source {
     fn account(&self, event: &Event, raw: &RawFrame) {
         self.metrics.events.fetch_add(1, Relaxed);
         self.metrics.last_cursor.store(event.cursor, Relaxed);
-        if let EventBody::Commit(c) = &event.body {
-            if c.signature == SignatureCheck::Verified {
-                self.metrics.signatures_verified.fetch_add(1, Relaxed);
-            }
+        if let EventBody::Commit(c) = &event.body
+            && c.signature == SignatureCheck::Verified
+        {
+            self.metrics.signatures_verified.fetch_add(1, Relaxed);
         }
-        if raw.received_micros > 0 {
-            if let Ok(t) = skywarden_atproto::syntax::Datetime::new(&event.time) {
-                self.metrics
-                    .lag_micros
-                    .store(raw.received_micros - t.timestamp_micros(), Relaxed);
-            }
+        if raw.received_micros > 0
+            && let Ok(t) = skywarden_atproto::syntax::Datetime::new(&event.time)
+        {
+            self.metrics
+                .lag_micros
+                .store(raw.received_micros - t.timestamp_micros(), Relaxed);
         }
     }
 }

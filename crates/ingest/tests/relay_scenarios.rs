@@ -106,8 +106,10 @@ async fn bundled_pds_recording_replays_cleanly() {
         count += 1;
         if let EventBody::Commit(c) = &event.body {
             for op in &c.ops {
-                if op.collection == "app.bsky.feed.post" && op.record.is_some() {
-                    posts_with_text += usize::from(!op.record.as_ref().unwrap().as_post().text().is_empty());
+                if op.collection == "app.bsky.feed.post"
+                    && let Some(record) = &op.record
+                {
+                    posts_with_text += usize::from(!record.as_post().text().is_empty());
                 }
             }
         }
