@@ -23,7 +23,12 @@ use std::time::{Duration, Instant};
 ///   skywarden ingest --relay wss://bsky.network | head
 ///   skywarden record --relay wss://bsky.network --out today.skwa --duration 60
 #[derive(Parser)]
-#[command(name = "skywarden", version, verbatim_doc_comment, max_term_width = 100)]
+#[command(
+    name = "skywarden",
+    version,
+    verbatim_doc_comment,
+    max_term_width = 100
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -136,7 +141,13 @@ impl SourceArgs {
         if let Some(url) = &c.relay {
             Source::firehose(url, settings, config)
         } else if let Some(url) = &c.jetstream {
-            Source::jetstream(url, self.collections.clone(), !self.no_compress, settings, config)
+            Source::jetstream(
+                url,
+                self.collections.clone(),
+                !self.no_compress,
+                settings,
+                config,
+            )
         } else if let Some(path) = &c.archive {
             Source::archive(path, config)
         } else {
@@ -156,7 +167,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -206,7 +220,12 @@ fn interrupted() -> Arc<std::sync::atomic::AtomicBool> {
     flag
 }
 
-async fn ingest(args: SourceArgs, records: bool, stats: bool, limit: Option<u64>) -> Result<(), String> {
+async fn ingest(
+    args: SourceArgs,
+    records: bool,
+    stats: bool,
+    limit: Option<u64>,
+) -> Result<(), String> {
     let mut source = args.open().map_err(|e| e.to_string())?;
     let metrics = source.metrics();
     let stop = interrupted();

@@ -222,7 +222,7 @@ async function main() {
   const adminAuth = network.pds.adminAuth() // Basic admin:admin-pass
   log(`network up in ${((Date.now() - t0) / 1000).toFixed(2)}s: pds ${pdsUrl} plc ${plcUrl}`)
 
-  const scenario = new Scenario({ AtpAgent, pdsUrl, adminAuth, network })
+  const scenario = new Scenario({ AtpAgent, pdsUrl, plcUrl, adminAuth, network })
   await emit({ type: 'ready', pdsUrl, plcUrl })
 
   // Commands are handled strictly one after another.
@@ -243,8 +243,9 @@ async function handle(cmd, scenario) {
   const t = Date.now()
   const actions = await scenario[cmd]()
   const lastSeq = await network.pds.ctx.sequencer.curr()
+  const { keys, didDocKeys } = await scenario.signingKeys()
   log(`${cmd} done in ${((Date.now() - t) / 1000).toFixed(2)}s, ${actions.length} actions, lastSeq=${lastSeq}`)
-  await emit({ type: 'done', phase: cmd, actions, lastSeq })
+  await emit({ type: 'done', phase: cmd, actions, lastSeq, keys, didDocKeys })
 }
 
 // ---------------------------------------------------------------------------
@@ -281,6 +282,9 @@ function richText(segments) {
   return { text, facets }
 }
 
+// What a facet feature points at: the mentioned DID, the link URI or the tag.
+const featureTarget = (feat) => feat.did ?? feat.uri ?? feat.tag ?? null
+
 function postFields(record) {
   const embed = record.embed ?? null
   let quoteUri = null
@@ -288,13 +292,27 @@ function postFields(record) {
   if (embed?.$type === 'app.bsky.embed.recordWithMedia') quoteUri = embed.record.record.uri
   let images = 0
   if (embed?.$type === 'app.bsky.embed.images') images = embed.images.length
+  const externalUri = embed?.$type === 'app.bsky.embed.external' ? embed.external.uri : null
   const facetFeatures = []
-  for (const f of record.facets ?? []) for (const feat of f.features) facetFeatures.push(feat.$type)
+  const facetTargets = []
+  const facetSlices = []
+  const textBytes = Buffer.from(record.text, 'utf8')
+  for (const f of record.facets ?? []) {
+    // The facet's UTF-8 byte range of the text, decoded (what a consumer's slice must return).
+    facetSlices.push(textBytes.subarray(f.index.byteStart, f.index.byteEnd).toString('utf8'))
+    for (const feat of f.features) {
+      facetFeatures.push(feat.$type)
+      facetTargets.push(featureTarget(feat))
+    }
+  }
   return {
     text: record.text,
     facets: (record.facets ?? []).length,
     facetFeatures,
+    facetTargets,
+    facetSlices,
     embed: embed ? embed.$type : null,
+    externalUri,
     replyParent: record.reply?.parent?.uri ?? null,
     replyRoot: record.reply?.root?.uri ?? null,
     quoteUri,
@@ -316,9 +334,10 @@ function fieldsFor(collection, record) {
 }
 
 class Scenario {
-  constructor({ AtpAgent, pdsUrl, adminAuth, network }) {
+  constructor({ AtpAgent, pdsUrl, plcUrl, adminAuth, network }) {
     this.AtpAgent = AtpAgent
     this.pdsUrl = pdsUrl
+    this.plcUrl = plcUrl
     this.adminAuth = adminAuth
     this.network = network
     this.users = {} // name -> { agent, did, handle }
@@ -331,6 +350,43 @@ class Scenario {
     // strictly increasing, deterministic-looking createdAt values
     this.clock += 1000
     return new Date(this.clock).toISOString()
+  }
+
+  // Each account's current atproto signing key, read from the PLC directory: the DID
+  // document's verification method `#atproto`. The dev-env PLC serves it in the legacy form
+  // (`EcdsaSecp256k1VerificationKey2019`, uncompressed key without multicodec prefix), so it
+  // is normalised to a Multikey (`zQ3sh...`, as in `type: Multikey` documents and `did:key`),
+  // and cross-checked against the PLC's own `/data` view of the DID.
+  // Returns { keys: {did: multikey}, didDocKeys: {did: {type, publicKeyMultibase}} }.
+  async signingKeys() {
+    const { getDidKeyFromMultibase } = await import('@atproto/identity')
+    const keys = {}
+    const didDocKeys = {}
+    const getJson = async (url) => {
+      const res = await fetch(url)
+      if (!res.ok) throw new Error(`GET ${url}: HTTP ${res.status} ${await res.text()}`)
+      return res.json()
+    }
+    for (const { did } of Object.values(this.users)) {
+      const doc = await getJson(`${this.plcUrl}/${encodeURIComponent(did)}`)
+      const vm = (doc.verificationMethod ?? []).find(
+        (m) => typeof m.id === 'string' && (m.id === '#atproto' || m.id.endsWith('#atproto')),
+      )
+      if (!vm?.publicKeyMultibase) {
+        throw new Error(`DID document of ${did} has no #atproto publicKeyMultibase: ${JSON.stringify(doc)}`)
+      }
+      const didKey = getDidKeyFromMultibase(vm)
+      if (!didKey?.startsWith('did:key:')) {
+        throw new Error(`cannot read the #atproto key of ${did}: ${JSON.stringify(vm)}`)
+      }
+      const data = await getJson(`${this.plcUrl}/${encodeURIComponent(did)}/data`)
+      if (data.verificationMethods?.atproto !== didKey) {
+        throw new Error(`#atproto key of ${did}: DID document says ${didKey}, PLC data says ${data.verificationMethods?.atproto}`)
+      }
+      keys[did] = didKey.slice('did:key:'.length)
+      didDocKeys[did] = { type: vm.type, publicKeyMultibase: vm.publicKeyMultibase }
+    }
+    return { keys, didDocKeys }
   }
 
   async createAccount(name, actions) {

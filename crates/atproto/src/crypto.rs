@@ -165,7 +165,12 @@ pub enum SigningKey {
 impl std::fmt::Debug for SigningKey {
     // Never print secret material, even in debug logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SigningKey({:?}, {})", self.curve(), self.public().to_did_key())
+        write!(
+            f,
+            "SigningKey({:?}, {})",
+            self.curve(),
+            self.public().to_did_key()
+        )
     }
 }
 
@@ -260,9 +265,6 @@ mod tests {
         let (r, s) = parsed.split_scalars();
         let high = p256::ecdsa::Signature::from_scalars(r, -*s).unwrap();
         let high: [u8; 64] = high.to_bytes().into();
-        assert_eq!(
-            key.public().verify(b"msg", &high),
-            Err(CryptoError::HighS)
-        );
+        assert_eq!(key.public().verify(b"msg", &high), Err(CryptoError::HighS));
     }
 }

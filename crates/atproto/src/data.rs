@@ -53,7 +53,11 @@ pub enum DataError {
 
 fn model_err(path: &str, message: impl Into<String>) -> DataError {
     DataError::Model {
-        path: if path.is_empty() { "/".into() } else { path.into() },
+        path: if path.is_empty() {
+            "/".into()
+        } else {
+            path.into()
+        },
         message: message.into(),
     }
 }
@@ -161,9 +165,10 @@ fn convert_json(value: &serde_json::Value, path: &mut String) -> Result<Ipld, Da
                 let s = bytes
                     .as_str()
                     .ok_or_else(|| model_err(path, "$bytes must be a base64 string"))?;
-                return Ok(Ipld::Bytes(decode_base64(s).ok_or_else(|| {
-                    model_err(path, "$bytes is not valid base64")
-                })?));
+                return Ok(Ipld::Bytes(
+                    decode_base64(s)
+                        .ok_or_else(|| model_err(path, "$bytes is not valid base64"))?,
+                ));
             }
             if let Some(t) = map.get("$type") {
                 match t.as_str() {

@@ -151,7 +151,8 @@ impl Op {
 /// Splits an op path `collection/rkey`.
 pub fn split_path(path: &str) -> Option<(&str, &str)> {
     let (collection, rkey) = path.split_once('/')?;
-    (!collection.is_empty() && !rkey.is_empty() && !rkey.contains('/')).then_some((collection, rkey))
+    (!collection.is_empty() && !rkey.is_empty() && !rkey.contains('/'))
+        .then_some((collection, rkey))
 }
 
 /// The signed commit object inside a commit's CAR.
@@ -267,7 +268,8 @@ impl CommitFrame<'_> {
                 match (&car, &op.cid) {
                     (_, None) => record_problem = Some("op has no CID".to_string()),
                     (None, Some(_)) => {
-                        record_problem = Some(if self.too_big { "tooBig" } else { "no blocks" }.into())
+                        record_problem =
+                            Some(if self.too_big { "tooBig" } else { "no blocks" }.into())
                     }
                     (Some(car), Some(cid)) => match car.get(cid) {
                         None => record_problem = Some("record block missing from CAR".into()),

@@ -257,8 +257,7 @@ pub struct ErrorFrame {
 /// Decodes one frame as received on the WebSocket.
 pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
     let mut de = serde_ipld_dagcbor::de::Deserializer::from_slice(bytes);
-    let header =
-        Header::deserialize(&mut de).map_err(|e| FrameError::Header(e.to_string()))?;
+    let header = Header::deserialize(&mut de).map_err(|e| FrameError::Header(e.to_string()))?;
     // One macro instead of a generic fn: the slice reader type is private to the CBOR crate.
     macro_rules! body {
         ($kind:expr) => {

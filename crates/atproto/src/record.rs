@@ -355,7 +355,9 @@ impl<'a> Post<'a> {
                             "app.bsky.richtext.facet#link" => {
                                 FacetFeature::Link(str_of(feat, "uri")?)
                             }
-                            "app.bsky.richtext.facet#tag" => FacetFeature::Tag(str_of(feat, "tag")?),
+                            "app.bsky.richtext.facet#tag" => {
+                                FacetFeature::Tag(str_of(feat, "tag")?)
+                            }
                             other => FacetFeature::Other(other),
                         })
                     })

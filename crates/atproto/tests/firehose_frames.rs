@@ -60,7 +60,9 @@ fn single_relay_commits_decode_with_checked_records() {
         tampered["blocks"] = json!({"$bytes": base64_encode(&corrupted)});
         let bytes = frame_bytes(&json!({"op": 1, "t": "#commit"}), &tampered);
         let frame = decode_frame(&bytes).unwrap();
-        let err = frame.to_event(None).expect_err("tampered record block accepted");
+        let err = frame
+            .to_event(None)
+            .expect_err("tampered record block accepted");
         assert!(err.to_string().contains("does not match its CID"), "{err}");
         count += 1;
     }
@@ -119,7 +121,12 @@ fn relay_scenarios_decode_and_signatures_verify() {
         for message in scenario["messages"].as_array().unwrap() {
             if message["frame"]["header"]["t"] == "#commit" {
                 let bytes = frame_bytes(&message["frame"]["header"], &message["frame"]["body"]);
-                assert!(decode_frame(&bytes).unwrap().to_event(Some(&other)).is_err());
+                assert!(
+                    decode_frame(&bytes)
+                        .unwrap()
+                        .to_event(Some(&other))
+                        .is_err()
+                );
             }
         }
     }
@@ -135,7 +142,10 @@ fn malformed_frames_are_errors_not_panics() {
     );
     assert!(decode_frame(&good).is_ok());
     for cut in 0..good.len() {
-        assert!(decode_frame(&good[..cut]).is_err(), "truncated at {cut} accepted");
+        assert!(
+            decode_frame(&good[..cut]).is_err(),
+            "truncated at {cut} accepted"
+        );
     }
     let mut trailing = good.clone();
     trailing.push(0x00);
@@ -147,7 +157,10 @@ fn malformed_frames_are_errors_not_panics() {
         &json!({"error": "FutureCursor", "message": "cursor in the future"}),
     );
     assert!(matches!(decode_frame(&error), Ok(Frame::Error(e)) if e.error == "FutureCursor"));
-    let info = frame_bytes(&json!({"op": 1, "t": "#info"}), &json!({"name": "OutdatedCursor"}));
+    let info = frame_bytes(
+        &json!({"op": 1, "t": "#info"}),
+        &json!({"name": "OutdatedCursor"}),
+    );
     assert!(matches!(decode_frame(&info), Ok(Frame::Info(i)) if i.name == "OutdatedCursor"));
     let bad_op = frame_bytes(&json!({"op": 7}), &json!({}));
     assert!(decode_frame(&bad_op).is_err());

@@ -9,7 +9,9 @@ use skywarden_atproto::crypto::{Curve, PublicKey, SigningKey};
 use skywarden_atproto::data::{cid_for_cbor, decode_cbor, encode_cbor, ipld_to_json, json_to_ipld};
 
 fn b64(s: &str) -> Vec<u8> {
-    STANDARD_NO_PAD.decode(s.trim_end_matches('=')).expect("vector base64")
+    STANDARD_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .expect("vector base64")
 }
 
 #[test]
@@ -19,7 +21,12 @@ fn data_model_fixtures_encode_decode_and_hash() {
     for v in vectors {
         let ipld = json_to_ipld(&v["json"]).unwrap();
         let cbor = encode_cbor(&ipld).unwrap();
-        assert_eq!(cbor, b64(v["cbor_base64"].as_str().unwrap()), "encoding of {}", v["json"]);
+        assert_eq!(
+            cbor,
+            b64(v["cbor_base64"].as_str().unwrap()),
+            "encoding of {}",
+            v["json"]
+        );
         assert_eq!(cid_for_cbor(&cbor).to_string(), v["cid"].as_str().unwrap());
         let decoded = decode_cbor(&cbor).unwrap();
         assert_eq!(ipld_to_json(&decoded), v["json"], "JSON round trip");
@@ -38,7 +45,11 @@ fn data_model_valid_and_invalid() {
     let invalid = load_json("atproto-interop/data-model/data-model-invalid.json");
     let invalid = invalid.as_array().unwrap();
     for v in invalid {
-        assert!(json_to_ipld(&v["json"]).is_err(), "accepted invalid: {}", v["note"]);
+        assert!(
+            json_to_ipld(&v["json"]).is_err(),
+            "accepted invalid: {}",
+            v["note"]
+        );
     }
     println!(
         "data-model-valid.json: {} passed; data-model-invalid.json: {} rejected",
@@ -63,7 +74,12 @@ fn signature_fixtures() {
         let msg = b64(v["messageBase64"].as_str().unwrap());
         let sig = b64(v["signatureBase64"].as_str().unwrap());
         let ok = key.verify(&msg, &sig).is_ok();
-        assert_eq!(ok, v["validSignature"].as_bool().unwrap(), "{}", v["comment"]);
+        assert_eq!(
+            ok,
+            v["validSignature"].as_bool().unwrap(),
+            "{}",
+            v["comment"]
+        );
     }
     println!("signature-fixtures.json: {} vectors passed", vectors.len());
     assert_eq!(vectors.len(), 6);
@@ -81,11 +97,9 @@ fn did_key_vectors() {
     }
     let p256 = load_json("atproto-interop/crypto/w3c_didkey_P256.json");
     for v in p256.as_array().unwrap() {
-        let (_, secret) = multibase::decode(format!(
-            "z{}",
-            v["privateKeyBytesBase58"].as_str().unwrap()
-        ))
-        .unwrap();
+        let (_, secret) =
+            multibase::decode(format!("z{}", v["privateKeyBytesBase58"].as_str().unwrap()))
+                .unwrap();
         let key = SigningKey::from_bytes(Curve::P256, &secret).unwrap();
         let did = v["publicDidKey"].as_str().unwrap();
         assert_eq!(key.public().to_did_key(), did);

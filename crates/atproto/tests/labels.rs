@@ -44,7 +44,10 @@ fn production_label_verifies_and_any_change_breaks_it() {
         l.sig.as_mut().unwrap()[10] ^= 1;
         variants.push(("sig", l));
         for (field, changed) in variants {
-            assert!(changed.verify(&key).is_err(), "changing {field} still verifies");
+            assert!(
+                changed.verify(&key).is_err(),
+                "changing {field} still verifies"
+            );
         }
     }
 }

@@ -74,7 +74,9 @@ fn summary(name: &str, frames: usize, bytes: usize, mut pass: impl FnMut()) {
 fn bench(c: &mut Criterion) {
     let frames = load_frames();
     let bytes: usize = frames.iter().map(Vec::len).sum();
-    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
 
     summary("frame", frames.len(), bytes, || {
         for f in &frames {

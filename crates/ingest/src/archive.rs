@@ -116,7 +116,9 @@ impl ArchiveWriter {
             return Err(ArchiveError::Corrupt {
                 path: p,
                 offset: 0,
-                message: "a plain length-prefixed recording cannot be appended to; record to a new file".into(),
+                message:
+                    "a plain length-prefixed recording cannot be appended to; record to a new file"
+                        .into(),
             });
         }
         let good_end = reader.last_good_chunk_end();
@@ -439,7 +441,9 @@ mod tests {
     fn frames(n: usize) -> Vec<RawFrame> {
         (0..n)
             .map(|i| RawFrame {
-                bytes: format!("frame number {i} {}", "x".repeat(i % 97)).into_bytes().into(),
+                bytes: format!("frame number {i} {}", "x".repeat(i % 97))
+                    .into_bytes()
+                    .into(),
                 received_micros: 1_700_000_000_000_000 + i as i64 * 1000,
             })
             .collect()
@@ -476,7 +480,12 @@ mod tests {
 
         // Tear the last chunk: the reader reports where, append cuts it and carries on.
         let len = std::fs::metadata(&path).unwrap().len();
-        OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 7).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 7)
+            .unwrap();
         let err = read_all(&path).unwrap_err();
         assert!(err.to_string().contains("torn chunk"), "{err}");
         let w = ArchiveWriter::append(&path, Format::Firehose).unwrap();

@@ -24,7 +24,11 @@ pub fn stream_url(base: &str, path: &str, cursor: Option<i64>) -> Result<Url, St
     let scheme = match url.scheme() {
         "ws" | "http" => "ws",
         "wss" | "https" => "wss",
-        other => return Err(format!("{base:?}: scheme {other:?} is not ws, wss, http or https")),
+        other => {
+            return Err(format!(
+                "{base:?}: scheme {other:?} is not ws, wss, http or https"
+            ));
+        }
     };
     url.set_scheme(scheme)
         .map_err(|_| format!("{base:?}: cannot use scheme {scheme}"))?;
@@ -135,8 +139,12 @@ impl Ws {
                 let config = WebSocketConfig::default()
                     .max_message_size(Some(self.settings.max_frame_bytes.max(64 << 20)))
                     .max_frame_size(Some(self.settings.max_frame_bytes.max(64 << 20)));
-                match tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), false)
-                    .await
+                match tokio_tungstenite::connect_async_with_config(
+                    url.as_str(),
+                    Some(config),
+                    false,
+                )
+                .await
                 {
                     Ok((socket, _)) => {
                         if self.connected_once {
@@ -212,7 +220,11 @@ pub struct FirehoseTransport {
 
 impl FirehoseTransport {
     /// A transport for the host at `base` (e.g. `wss://bsky.network`).
-    pub fn new(base: &str, settings: WsSettings, metrics: Arc<SourceMetrics>) -> Result<Self, String> {
+    pub fn new(
+        base: &str,
+        settings: WsSettings,
+        metrics: Arc<SourceMetrics>,
+    ) -> Result<Self, String> {
         stream_url(base, SUBSCRIBE_REPOS, None)?;
         Ok(FirehoseTransport {
             base: base.to_string(),
@@ -245,16 +257,25 @@ mod tests {
     #[test]
     fn urls_from_base() {
         let u = stream_url("wss://bsky.network", SUBSCRIBE_REPOS, Some(42)).unwrap();
-        assert_eq!(u.as_str(), "wss://bsky.network/xrpc/com.atproto.sync.subscribeRepos?cursor=42");
+        assert_eq!(
+            u.as_str(),
+            "wss://bsky.network/xrpc/com.atproto.sync.subscribeRepos?cursor=42"
+        );
         let u = stream_url("http://127.0.0.1:2583/", SUBSCRIBE_REPOS, None).unwrap();
-        assert_eq!(u.as_str(), "ws://127.0.0.1:2583/xrpc/com.atproto.sync.subscribeRepos");
+        assert_eq!(
+            u.as_str(),
+            "ws://127.0.0.1:2583/xrpc/com.atproto.sync.subscribeRepos"
+        );
         let u = stream_url(
             "https://relay.example/xrpc/com.atproto.sync.subscribeRepos?cursor=1",
             SUBSCRIBE_REPOS,
             Some(7),
         )
         .unwrap();
-        assert_eq!(u.as_str(), "wss://relay.example/xrpc/com.atproto.sync.subscribeRepos?cursor=7");
+        assert_eq!(
+            u.as_str(),
+            "wss://relay.example/xrpc/com.atproto.sync.subscribeRepos?cursor=7"
+        );
         assert!(stream_url("ftp://x", SUBSCRIBE_REPOS, None).is_err());
         assert!(stream_url("not a url", SUBSCRIBE_REPOS, None).is_err());
     }

@@ -254,17 +254,27 @@ mod tests {
     fn decodes_the_three_kinds_and_rejects_garbage() {
         let commit = br#"{"did":"did:plc:abc","time_us":1725911162329308,"kind":"commit","commit":{"rev":"3l3qo2vutsw2b","operation":"create","collection":"app.bsky.feed.post","rkey":"3l3qo2vuowo2b","record":{"$type":"app.bsky.feed.post","text":"hi","createdAt":"2024-09-09T19:46:02.102Z"},"cid":"bafyreidfayvfuwqa7qlnopdjiqrxzs6blmoeu4rujcjtnci5beludirz2a"}}"#;
         let e = decode_message(commit).unwrap();
-        let EventBody::Commit(c) = &e.body else { panic!() };
+        let EventBody::Commit(c) = &e.body else {
+            panic!()
+        };
         assert_eq!(c.ops[0].record.as_ref().unwrap().as_post().text(), "hi");
         assert_eq!(e.cursor, 1725911162329308);
         let float = br#"{"did":"did:plc:abc","time_us":2,"kind":"commit","commit":{"rev":"3l3qo2vutsw2b","operation":"create","collection":"x.y.z","rkey":"a","record":{"n":1.5}}}"#;
         let e = decode_message(float).unwrap();
-        let EventBody::Commit(c) = &e.body else { panic!() };
+        let EventBody::Commit(c) = &e.body else {
+            panic!()
+        };
         assert!(c.ops[0].record.is_none() && c.ops[0].record_problem.is_some());
         let account = br#"{"did":"did:plc:abc","time_us":3,"kind":"account","account":{"active":false,"did":"did:plc:abc","seq":1,"status":"takendown","time":"2024-09-05T06:11:04.870Z"}}"#;
-        assert!(matches!(decode_message(account).unwrap().body, EventBody::Account { active: false, .. }));
+        assert!(matches!(
+            decode_message(account).unwrap().body,
+            EventBody::Account { active: false, .. }
+        ));
         let identity = br#"{"did":"did:plc:abc","time_us":4,"kind":"identity","identity":{"did":"did:plc:abc","handle":"a.test","seq":1,"time":"2024-09-05T06:11:04.870Z"}}"#;
-        assert!(matches!(decode_message(identity).unwrap().body, EventBody::Identity { handle: Some(_) }));
+        assert!(matches!(
+            decode_message(identity).unwrap().body,
+            EventBody::Identity { handle: Some(_) }
+        ));
         assert!(decode_message(b"{").is_err());
         assert!(decode_message(br#"{"did":"x","time_us":1,"kind":"weird"}"#).is_err());
     }

@@ -16,7 +16,11 @@ pub const FRAME_KINDS: [&str; 8] = [
 ];
 
 /// Reasons an event is dropped by the stream guard (see [`crate::guard`]).
-pub const DROP_REASONS: [&str; 3] = ["seq_not_increasing", "rev_not_increasing", "account_inactive"];
+pub const DROP_REASONS: [&str; 3] = [
+    "seq_not_increasing",
+    "rev_not_increasing",
+    "account_inactive",
+];
 
 /// Live counters of one source. All updates are relaxed atomics: cheap on the hot path, and a
 /// reader sees each counter's own latest value.
@@ -74,10 +78,7 @@ pub struct MetricsSnapshot {
 impl SourceMetrics {
     /// Counts one frame of `kind` (one of [`FRAME_KINDS`]; anything else counts as unknown).
     pub fn frame(&self, kind: &str) {
-        let i = FRAME_KINDS
-            .iter()
-            .position(|k| *k == kind)
-            .unwrap_or(6);
+        let i = FRAME_KINDS.iter().position(|k| *k == kind).unwrap_or(6);
         self.frames[i].fetch_add(1, Relaxed);
     }
 

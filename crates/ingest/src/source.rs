@@ -89,10 +89,20 @@ pub struct Source {
 
 impl Source {
     /// A firehose source for the host at `base` (`wss://bsky.network`).
-    pub fn firehose(base: &str, settings: WsSettings, config: SourceConfig) -> Result<Self, SourceError> {
+    pub fn firehose(
+        base: &str,
+        settings: WsSettings,
+        config: SourceConfig,
+    ) -> Result<Self, SourceError> {
         let metrics = Arc::new(SourceMetrics::default());
-        let t = FirehoseTransport::new(base, settings, metrics.clone()).map_err(SourceError::Config)?;
-        Ok(Self::with(Transport::Firehose(t), Format::Firehose, metrics, config))
+        let t =
+            FirehoseTransport::new(base, settings, metrics.clone()).map_err(SourceError::Config)?;
+        Ok(Self::with(
+            Transport::Firehose(t),
+            Format::Firehose,
+            metrics,
+            config,
+        ))
     }
 
     /// A Jetstream source.
@@ -106,7 +116,12 @@ impl Source {
         let metrics = Arc::new(SourceMetrics::default());
         let t = JetstreamTransport::new(base, collections, compress, settings, metrics.clone())
             .map_err(SourceError::Config)?;
-        Ok(Self::with(Transport::Jetstream(t), Format::Jetstream, metrics, config))
+        Ok(Self::with(
+            Transport::Jetstream(t),
+            Format::Jetstream,
+            metrics,
+            config,
+        ))
     }
 
     /// An archive replay. With a cursor, frames at or below it are skipped.
@@ -114,10 +129,20 @@ impl Source {
         let reader = ArchiveReader::open(path)?;
         let format = reader.format();
         let metrics = Arc::new(SourceMetrics::default());
-        Ok(Self::with(Transport::Archive(reader), format, metrics, config))
+        Ok(Self::with(
+            Transport::Archive(reader),
+            format,
+            metrics,
+            config,
+        ))
     }
 
-    fn with(transport: Transport, format: Format, metrics: Arc<SourceMetrics>, config: SourceConfig) -> Self {
+    fn with(
+        transport: Transport,
+        format: Format,
+        metrics: Arc<SourceMetrics>,
+        config: SourceConfig,
+    ) -> Self {
         Source {
             transport,
             format,
@@ -155,8 +180,14 @@ impl Source {
     async fn next_transport_frame(&mut self) -> Result<Option<RawFrame>, SourceError> {
         let cursor = self.resume_cursor;
         Ok(Some(match &mut self.transport {
-            Transport::Firehose(t) => t.next_frame(cursor).await.map_err(SourceError::Connection)?,
-            Transport::Jetstream(t) => t.next_frame(cursor).await.map_err(SourceError::Connection)?,
+            Transport::Firehose(t) => t
+                .next_frame(cursor)
+                .await
+                .map_err(SourceError::Connection)?,
+            Transport::Jetstream(t) => t
+                .next_frame(cursor)
+                .await
+                .map_err(SourceError::Connection)?,
             Transport::Archive(r) => match r.next_frame()? {
                 Some(f) => f,
                 None => return Ok(None),
@@ -179,7 +210,9 @@ impl Source {
 
     /// Counts a frame and handles stream control; true when it carries an event to decode.
     fn observe(&mut self, raw: &RawFrame) -> Result<bool, SourceError> {
-        self.metrics.bytes.fetch_add(raw.bytes.len() as u64, Relaxed);
+        self.metrics
+            .bytes
+            .fetch_add(raw.bytes.len() as u64, Relaxed);
         if self.format == Format::Jetstream {
             self.metrics.frame("jetstream");
             return Ok(true);
@@ -264,7 +297,10 @@ impl Source {
             _ => None,
         };
         if self.config.require_signatures && key.is_none() && matches!(frame, Frame::Commit(_)) {
-            return Err(format!("no signing key known for {}", frame.did().unwrap_or("?")));
+            return Err(format!(
+                "no signing key known for {}",
+                frame.did().unwrap_or("?")
+            ));
         }
         frame
             .to_event(key.as_ref())

@@ -269,7 +269,14 @@ async fn run(dir: &Path, work: &Path) -> String {
         settings.clone(),
         SourceConfig {
             cursor: Some(0),
-            keys: Some(Arc::new(static_keys(&phase1.keys))),
+            keys: Some(Arc::new(static_keys(&{
+                let mut k = phase1.keys.clone();
+                let v: Vec<String> = k.values().cloned().collect();
+                for (i, val) in k.values_mut().enumerate() {
+                    *val = v[(i + 1) % v.len()].clone();
+                }
+                k
+            }))),
             require_signatures: false,
         },
     )
@@ -354,6 +361,8 @@ async fn run(dir: &Path, work: &Path) -> String {
         .cloned()
         .collect();
     check_actions(&actions, &events, &names, &listing);
+    // Shown with --nocapture: what the firehose delivered.
+    eprintln!("{listing}");
 
     format!(
         "harness start-up {:.2}s, phase 1 {:.2}s ({phase1_events} events, {} reconnect(s)), \

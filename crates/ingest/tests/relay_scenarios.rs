@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 fn load(name: &str) -> serde_json::Value {
-    let path = format!("{}/../../testdata/firehose/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../../testdata/firehose/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
@@ -37,7 +40,9 @@ async fn consumer_checks_match_the_relay_marks() {
             keys.insert(
                 identity["did"].as_str().unwrap().to_string(),
                 PublicKey::from_multikey(
-                    identity["keys"]["atproto"]["publicKeyMultibase"].as_str().unwrap(),
+                    identity["keys"]["atproto"]["publicKeyMultibase"]
+                        .as_str()
+                        .unwrap(),
                 )
                 .unwrap(),
             );
@@ -47,7 +52,8 @@ async fn consumer_checks_match_the_relay_marks() {
         let mut writer = ArchiveWriter::create(&path, Format::Firehose).unwrap();
         let mut expected = Vec::new();
         for message in scenario["messages"].as_array().unwrap() {
-            let mut bytes = encode_cbor(&json_to_ipld(&message["frame"]["header"]).unwrap()).unwrap();
+            let mut bytes =
+                encode_cbor(&json_to_ipld(&message["frame"]["header"]).unwrap()).unwrap();
             bytes.extend(encode_cbor(&json_to_ipld(&message["frame"]["body"]).unwrap()).unwrap());
             writer
                 .write(&RawFrame {
@@ -72,11 +78,19 @@ async fn consumer_checks_match_the_relay_marks() {
         let mut delivered = Vec::new();
         while let Some(event) = source.next_event().await.unwrap() {
             if let EventBody::Commit(c) = &event.body {
-                assert_eq!(c.signature, SignatureCheck::Verified, "{name} seq {}", event.cursor);
+                assert_eq!(
+                    c.signature,
+                    SignatureCheck::Verified,
+                    "{name} seq {}",
+                    event.cursor
+                );
             }
             delivered.push(event.cursor);
         }
-        assert_eq!(delivered, expected, "{name}: delivered seqs differ from the relay's verdicts");
+        assert_eq!(
+            delivered, expected,
+            "{name}: delivered seqs differ from the relay's verdicts"
+        );
         let m = source.metrics();
         let rejected = m.dropped_for("seq_not_increasing")
             + m.dropped_for("rev_not_increasing")
@@ -95,7 +109,10 @@ async fn consumer_checks_match_the_relay_marks() {
 
 #[tokio::test]
 async fn bundled_pds_recording_replays_cleanly() {
-    let path = format!("{}/../../testdata/firehose/pds-recording.skwa", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../../testdata/firehose/pds-recording.skwa",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let mut source = Source::archive(std::path::Path::new(&path), SourceConfig::default()).unwrap();
     let mut count = 0;
     let mut last = 0;

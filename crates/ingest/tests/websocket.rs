@@ -37,7 +37,10 @@ fn settings() -> WsSettings {
 }
 
 /// Serves one scripted connection per entry of `script`; records each request's query.
-async fn serve(script: Vec<Vec<Message>>, close_abruptly: bool) -> (String, Arc<Mutex<Vec<String>>>) {
+async fn serve(
+    script: Vec<Vec<Message>>,
+    close_abruptly: bool,
+) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let queries = Arc::new(Mutex::new(Vec::new()));
@@ -46,16 +49,17 @@ async fn serve(script: Vec<Vec<Message>>, close_abruptly: bool) -> (String, Arc<
         for messages in script {
             let (tcp, _) = listener.accept().await.unwrap();
             let q = q.clone();
-            let mut ws = tokio_tungstenite::accept_hdr_async(tcp, |req: &Request, resp: Response| {
-                q.lock().unwrap().push(format!(
-                    "{}?{}",
-                    req.uri().path(),
-                    req.uri().query().unwrap_or("")
-                ));
-                Ok(resp)
-            })
-            .await
-            .unwrap();
+            let mut ws =
+                tokio_tungstenite::accept_hdr_async(tcp, |req: &Request, resp: Response| {
+                    q.lock().unwrap().push(format!(
+                        "{}?{}",
+                        req.uri().path(),
+                        req.uri().query().unwrap_or("")
+                    ));
+                    Ok(resp)
+                })
+                .await
+                .unwrap();
             for m in messages {
                 if ws.send(m).await.is_err() {
                     break;
@@ -76,14 +80,20 @@ async fn serve(script: Vec<Vec<Message>>, close_abruptly: bool) -> (String, Arc<
 #[tokio::test]
 async fn firehose_survives_bad_frames_and_resumes_from_its_cursor() {
     let mut first = vec![Message::Binary(
-        frame(json!({"op": 1, "t": "#info"}), json!({"name": "OutdatedCursor", "message": "old"})).into(),
+        frame(
+            json!({"op": 1, "t": "#info"}),
+            json!({"name": "OutdatedCursor", "message": "old"}),
+        )
+        .into(),
     )];
     for seq in 1..=3 {
         first.push(Message::Binary(identity(seq).into()));
     }
     first.push(Message::Binary(vec![0xa2, 0x61, 0x74].into())); // truncated CBOR
     first.push(Message::Binary(vec![0u8; 5000].into())); // over the 4096-byte limit
-    first.push(Message::Binary(frame(json!({"op": 1, "t": "#future"}), json!({"x": 1})).into()));
+    first.push(Message::Binary(
+        frame(json!({"op": 1, "t": "#future"}), json!({"x": 1})).into(),
+    ));
     for seq in 4..=5 {
         first.push(Message::Binary(identity(seq).into()));
     }
@@ -94,7 +104,9 @@ async fn firehose_survives_bad_frames_and_resumes_from_its_cursor() {
             frame(json!({"op": -1}), json!({"error": "ConsumerTooSlow"})).into(),
         )])
         .collect();
-    let third: Vec<Message> = (9..=10).map(|s| Message::Binary(identity(s).into())).collect();
+    let third: Vec<Message> = (9..=10)
+        .map(|s| Message::Binary(identity(s).into()))
+        .collect();
     let (url, queries) = serve(vec![first, second, third], true).await;
 
     let mut source = Source::firehose(
@@ -140,7 +152,11 @@ async fn firehose_survives_bad_frames_and_resumes_from_its_cursor() {
 #[tokio::test]
 async fn future_cursor_stops_with_a_clear_error() {
     let script = vec![vec![Message::Binary(
-        frame(json!({"op": -1}), json!({"error": "FutureCursor", "message": "Cursor in the future."})).into(),
+        frame(
+            json!({"op": -1}),
+            json!({"error": "FutureCursor", "message": "Cursor in the future."}),
+        )
+        .into(),
     )]];
     let (url, _) = serve(script, false).await;
     let mut source = Source::firehose(
@@ -153,17 +169,30 @@ async fn future_cursor_stops_with_a_clear_error() {
     )
     .unwrap();
     let err = source.next_event().await.unwrap_err();
-    assert!(matches!(err, SourceError::FutureCursor { cursor: 999, .. }), "{err}");
+    assert!(
+        matches!(err, SourceError::FutureCursor { cursor: 999, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("999"));
 }
 
 #[tokio::test]
 async fn unreachable_relay_gives_up_after_the_retry_limit() {
     // Bind then drop to get a port nobody listens on.
-    let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut s = settings();
     s.max_retries = Some(2);
-    let mut source = Source::firehose(&format!("ws://127.0.0.1:{port}"), s, SourceConfig::default()).unwrap();
+    let mut source = Source::firehose(
+        &format!("ws://127.0.0.1:{port}"),
+        s,
+        SourceConfig::default(),
+    )
+    .unwrap();
     let err = source.next_event().await.unwrap_err();
     assert!(err.to_string().contains("after 3 attempts"), "{err}");
 }
@@ -208,8 +237,18 @@ async fn jetstream_compressed_and_plain_messages() {
             .expect("stream stalled")
             .unwrap()
             .unwrap();
-        let EventBody::Commit(c) = &event.body else { panic!("not a commit") };
-        texts.push(c.ops[0].record.as_ref().unwrap().as_post().text().to_string());
+        let EventBody::Commit(c) = &event.body else {
+            panic!("not a commit")
+        };
+        texts.push(
+            c.ops[0]
+                .record
+                .as_ref()
+                .unwrap()
+                .as_post()
+                .text()
+                .to_string(),
+        );
     }
     assert_eq!(texts, ["post 1", "post 2", "post 3", "post 4"]);
     use std::sync::atomic::Ordering::Relaxed;
@@ -219,7 +258,10 @@ async fn jetstream_compressed_and_plain_messages() {
         "the broken zstd frame and the non-JSON text message"
     );
     let queries = queries.lock().unwrap().clone();
-    assert_eq!(queries[0], "/subscribe?wantedCollections=app.bsky.feed.post&compress=true");
+    assert_eq!(
+        queries[0],
+        "/subscribe?wantedCollections=app.bsky.feed.post&compress=true"
+    );
     assert_eq!(
         queries[1],
         "/subscribe?cursor=1700000000000002&wantedCollections=app.bsky.feed.post&compress=true"
