@@ -13,6 +13,7 @@ pub mod data;
 pub mod event;
 pub mod frame;
 pub mod label;
+pub mod mst;
 pub mod record;
 pub mod syntax;
 
