@@ -3,7 +3,7 @@
 //! Everything here is pure protocol, with no I/O: string syntax ([`syntax`]), the DAG-CBOR data
 //! model and CIDs ([`data`]), CAR files ([`car`]), firehose frames ([`frame`]), the typed event
 //! every source yields ([`event`]), records read leniently ([`record`]), keys and signatures
-//! ([`crypto`]) and labels ([`label`]). Higher crates build on these types; this crate imports
+//! ([`crypto`]), labels ([`label`]) and the repo tree ([`mst`]). Higher crates build on these types; this crate imports
 //! none of them.
 #![warn(missing_docs)]
 
