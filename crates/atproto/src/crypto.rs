@@ -72,7 +72,8 @@ impl PublicKey {
     }
 
     /// Parses a multibase Multikey (`z` + base58btc of multicodec prefix + key), as found in
-    /// DID documents under `publicKeyMultibase`.
+    /// DID documents under `publicKeyMultibase` of a `Multikey` verification method (see
+    /// [`PublicKey::from_verification_method`] for the legacy types).
     pub fn from_multikey(multibase: &str) -> Result<Self, CryptoError> {
         let (base, bytes) =
             multibase::decode(multibase).map_err(|e| bad_key(multibase, e.to_string()))?;
@@ -92,6 +93,27 @@ impl PublicKey {
                 multibase,
                 "unknown multicodec (expected secp256k1-pub or p256-pub)",
             ))
+        }
+    }
+
+    /// Parses a DID document verification method: `Multikey` (multicodec-prefixed, compressed),
+    /// or the legacy `EcdsaSecp256k1VerificationKey2019` / `EcdsaSecp256r1VerificationKey2019`
+    /// whose `publicKeyMultibase` is the bare SEC1 point (older PLC documents still use them).
+    pub fn from_verification_method(kind: &str, multibase: &str) -> Result<Self, CryptoError> {
+        let legacy_curve = match kind {
+            "EcdsaSecp256k1VerificationKey2019" => Curve::K256,
+            "EcdsaSecp256r1VerificationKey2019" => Curve::P256,
+            _ => return Self::from_multikey(multibase),
+        };
+        let (_, bytes) =
+            multibase::decode(multibase).map_err(|e| bad_key(multibase, e.to_string()))?;
+        match legacy_curve {
+            Curve::K256 => k256::ecdsa::VerifyingKey::from_sec1_bytes(&bytes)
+                .map(PublicKey::K256)
+                .map_err(|_| bad_key(multibase, "not a valid secp256k1 point")),
+            Curve::P256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(&bytes)
+                .map(PublicKey::P256)
+                .map_err(|_| bad_key(multibase, "not a valid P-256 point")),
         }
     }
 
@@ -254,6 +276,37 @@ mod tests {
                 assert!(public.verify(b"other", &sig).is_err());
             }
         }
+    }
+
+    #[test]
+    fn legacy_verification_methods() {
+        for curve in [Curve::K256, Curve::P256] {
+            let public = SigningKey::generate(curve).public();
+            let uncompressed = match &public {
+                PublicKey::K256(k) => k.to_encoded_point(false).as_bytes().to_vec(),
+                PublicKey::P256(k) => k.to_encoded_point(false).as_bytes().to_vec(),
+            };
+            let legacy = multibase::encode(multibase::Base::Base58Btc, uncompressed);
+            let kind = match curve {
+                Curve::K256 => "EcdsaSecp256k1VerificationKey2019",
+                Curve::P256 => "EcdsaSecp256r1VerificationKey2019",
+            };
+            assert_eq!(
+                PublicKey::from_verification_method(kind, &legacy).unwrap(),
+                public
+            );
+            assert!(PublicKey::from_multikey(&legacy).is_err());
+            let modern = public.to_multikey();
+            assert_eq!(
+                PublicKey::from_verification_method("Multikey", &modern).unwrap(),
+                public
+            );
+        }
+        // A key a real PLC served in the legacy form.
+        let plc = "zQsDt2toG7N6om2YGs2fvn1WWj6H2hzTUGsBqyMQoWnqqEkaS6KRkeGDYpD2m8K9iERCdjT6nkmAu1HzLE3EbySEX";
+        let key =
+            PublicKey::from_verification_method("EcdsaSecp256k1VerificationKey2019", plc).unwrap();
+        assert_eq!(key.curve(), Curve::K256);
     }
 
     #[test]

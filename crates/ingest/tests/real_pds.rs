@@ -134,7 +134,7 @@ struct Harness {
 struct Done {
     actions: Vec<Value>,
     last_seq: i64,
-    keys: HashMap<String, String>,
+    keys: HashMap<String, (String, String)>,
 }
 
 impl Harness {
@@ -215,15 +215,20 @@ impl Harness {
         let last_seq = done["lastSeq"]
             .as_i64()
             .unwrap_or_else(|| panic!("{phase}: done without lastSeq: {done}"));
-        let keys = done["keys"]
+        // The DID documents' verification methods exactly as the PLC serves them (this PLC
+        // still writes the legacy `EcdsaSecp256k1VerificationKey2019` form).
+        let keys = done["didDocKeys"]
             .as_object()
-            .unwrap_or_else(|| panic!("{phase}: done without keys: {done}"))
+            .unwrap_or_else(|| panic!("{phase}: done without didDocKeys: {done}"))
             .iter()
-            .map(|(did, key)| {
-                let key = key
-                    .as_str()
-                    .unwrap_or_else(|| panic!("{phase}: key of {did} is {key}"));
-                (did.clone(), key.to_string())
+            .map(|(did, method)| {
+                let field = |k: &str| {
+                    method[k]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{phase}: {k} of {did} in {method}"))
+                        .to_string()
+                };
+                (did.clone(), (field("type"), field("publicKeyMultibase")))
             })
             .collect();
         Done {
@@ -368,12 +373,14 @@ async fn run(dir: &Path, work: &Path) -> String {
     )
 }
 
-fn static_keys(keys: &HashMap<String, String>) -> StaticKeys {
+fn static_keys(keys: &HashMap<String, (String, String)>) -> StaticKeys {
     StaticKeys(
         keys.iter()
-            .map(|(did, key)| {
-                let key = PublicKey::from_multikey(key)
-                    .unwrap_or_else(|e| panic!("signing key of {did} ({key}) does not parse: {e}"));
+            .map(|(did, (kind, multibase))| {
+                let key =
+                    PublicKey::from_verification_method(kind, multibase).unwrap_or_else(|e| {
+                        panic!("signing key of {did} ({kind} {multibase}) does not parse: {e}")
+                    });
                 (did.clone(), key)
             })
             .collect(),
@@ -534,7 +541,10 @@ fn check_actions(
     for (n, action) in actions.iter().enumerate() {
         let kind = action["kind"].as_str().unwrap_or("?");
         let did = action["did"].as_str().unwrap_or("?").to_string();
-        let label = format!("action #{n} {kind} by {}: {action}", name_of(names, &did));
+        let mut label = format!("action #{n} {kind} by {}", name_of(names, &did));
+        if let (Some(c), Some(r)) = (action["collection"].as_str(), action["rkey"].as_str()) {
+            label += &format!(" of {c}/{r}");
+        }
         let mut take = |pred: &dyn Fn(&Event) -> bool| -> Option<usize> {
             let i = (0..events.len())
                 .find(|&i| !used[i] && events[i].did == did && pred(&events[i]))?;
@@ -550,14 +560,7 @@ fn check_actions(
                     None => problems.push(format!("{label}: no #identity event")),
                     Some(i) => {
                         matched.push(i);
-                        if let EventBody::Identity { handle: got } = &events[i].body {
-                            if got.as_deref() != handle {
-                                problems.push(format!(
-                                    "{label}: #identity seq {} has handle {got:?}, expected {handle:?}",
-                                    events[i].cursor
-                                ));
-                            }
-                        }
+                        check_identity(&events[i], handle, &label, &mut problems);
                     }
                 }
                 match take(&|e| matches!(e.body, EventBody::Account { .. })) {
@@ -649,14 +652,7 @@ fn check_actions(
                     None => problems.push(format!("{label}: no #identity event")),
                     Some(i) => {
                         matched.push(i);
-                        if let EventBody::Identity { handle: got } = &events[i].body {
-                            if got.as_deref() != handle {
-                                problems.push(format!(
-                                    "{label}: #identity seq {} has handle {got:?}, expected {handle:?}",
-                                    events[i].cursor
-                                ));
-                            }
-                        }
+                        check_identity(&events[i], handle, &label, &mut problems);
                     }
                 }
             }
@@ -680,13 +676,13 @@ fn check_actions(
             other => problems.push(format!("{label}: unknown action kind {other:?}")),
         }
         // The firehose must show the actions in the order the harness performed them.
-        if let (Some(&first), Some((prev, prev_label))) = (matched.iter().min(), &last_matched) {
-            if first < *prev {
-                problems.push(format!(
-                    "{label}: its event seq {} comes before seq {} of the earlier {prev_label}",
-                    events[first].cursor, events[*prev].cursor
-                ));
-            }
+        if let (Some(&first), Some((prev, prev_label))) = (matched.iter().min(), &last_matched)
+            && first < *prev
+        {
+            problems.push(format!(
+                "{label}: its event seq {} comes before seq {} of the earlier {prev_label}",
+                events[first].cursor, events[*prev].cursor
+            ));
         }
         if let Some(&last) = matched.iter().max() {
             last_matched = Some((last, label.clone()));
@@ -747,14 +743,24 @@ fn check_account(
         active: got_active,
         status: got_status,
     } = &e.body
+        && (*got_active != active || got_status.as_deref() != status)
     {
-        if *got_active != active || got_status.as_deref() != status {
-            problems.push(format!(
-                "{label}: #account seq {} is active={got_active} status={got_status:?}, expected \
-                 active={active} status={status:?}",
-                e.cursor
-            ));
-        }
+        problems.push(format!(
+            "{label}: #account seq {} is active={got_active} status={got_status:?}, expected \
+             active={active} status={status:?}",
+            e.cursor
+        ));
+    }
+}
+
+fn check_identity(e: &Event, handle: Option<&str>, label: &str, problems: &mut Vec<String>) {
+    if let EventBody::Identity { handle: got } = &e.body
+        && got.as_deref() != handle
+    {
+        problems.push(format!(
+            "{label}: #identity seq {} has handle {got:?}, expected {handle:?}",
+            e.cursor
+        ));
     }
 }
 
