@@ -69,7 +69,7 @@ fn build(
 ) -> Result<Cid, DataError> {
     // Subtree below this node for the keys in `range`, if any.
     let subtree = |range: std::ops::Range<usize>,
-                       blocks: &mut Vec<(Cid, Vec<u8>)>|
+                   blocks: &mut Vec<(Cid, Vec<u8>)>|
      -> Result<Option<Cid>, DataError> {
         if range.is_empty() || height == 0 {
             return Ok(None);
