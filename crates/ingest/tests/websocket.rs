@@ -37,6 +37,8 @@ fn settings() -> WsSettings {
 }
 
 /// Serves one scripted connection per entry of `script`; records each request's query.
+// The handshake callback's signature (and its large error type) is tungstenite's.
+#[allow(clippy::result_large_err)]
 async fn serve(
     script: Vec<Vec<Message>>,
     close_abruptly: bool,
