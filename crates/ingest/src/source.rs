@@ -215,6 +215,14 @@ impl Source {
             .fetch_add(raw.bytes.len() as u64, Relaxed);
         if self.format == Format::Jetstream {
             self.metrics.frame("jetstream");
+            // The cursor must advance in raw mode too (recording), so read just `time_us`.
+            #[derive(serde::Deserialize)]
+            struct Cursor {
+                time_us: i64,
+            }
+            if let Ok(c) = serde_json::from_slice::<Cursor>(&raw.bytes) {
+                self.resume_cursor = Some(c.time_us);
+            }
             return Ok(true);
         }
         let frame = match decode_frame(&raw.bytes) {
@@ -274,9 +282,6 @@ impl Source {
                     continue;
                 }
             };
-            if self.format == Format::Jetstream {
-                self.resume_cursor = Some(event.cursor);
-            }
             if let Err(reason) = self.guard.check(&event) {
                 self.metrics.dropped(reason.as_str());
                 tracing::debug!(cursor = event.cursor, did = %event.did, reason = reason.as_str(), "event dropped");

@@ -253,6 +253,7 @@ async fn jetstream_compressed_and_plain_messages() {
         );
     }
     assert_eq!(texts, ["post 1", "post 2", "post 3", "post 4"]);
+    assert_eq!(source.cursor(), Some(1_700_000_000_000_004));
     use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(
         source.metrics().decode_errors.load(Relaxed),
