@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 ///
 /// It watches the network — a relay's firehose, a PDS, Jetstream, or a recorded archive — and
 /// turns every frame into a typed, checked event: records resolved from the commit's blocks
-/// with their CIDs verified, commit signatures checked when the key is known, stale and
-/// replayed events dropped.
+/// with their CIDs verified, the signed commit checked against the frame, stale and replayed
+/// events dropped.
 ///
 /// Start with:
 ///   skywarden ingest --archive testdata/firehose/pds-recording.skwa --stats
