@@ -1,5 +1,8 @@
 //! The `skywarden` command line: wiring only; the work happens in the library crates.
 
+mod default_rules;
+mod rules_cmd;
+
 use clap::{Args, Parser, Subcommand};
 use skywarden_ingest::archive::ArchiveWriter;
 use skywarden_ingest::firehose::WsSettings;
@@ -92,6 +95,17 @@ enum Command {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
         level: i32,
     },
+    /// Rulesets: check, test, backtest against a recording, and the language reference.
+    ///
+    /// Examples:
+    ///   skywarden rules check rules/
+    ///   skywarden rules test rules/
+    ///   skywarden rules run rules/ --archive testdata/firehose/pds-recording.skwa
+    #[command(verbatim_doc_comment)]
+    Rules {
+        #[command(subcommand)]
+        command: rules_cmd::RulesCommand,
+    },
 }
 
 #[derive(Args)]
@@ -110,7 +124,7 @@ struct SourceChoice {
 }
 
 #[derive(Args)]
-struct SourceArgs {
+pub struct SourceArgs {
     #[command(flatten)]
     choice: SourceChoice,
     /// Resume after this cursor (firehose seq, or Jetstream time_us).
@@ -128,7 +142,7 @@ struct SourceArgs {
 }
 
 impl SourceArgs {
-    fn open(&self) -> Result<Source, SourceError> {
+    pub fn open(&self) -> Result<Source, SourceError> {
         let config = SourceConfig {
             cursor: self.cursor,
             ..SourceConfig::default()
@@ -197,6 +211,7 @@ fn main() -> ExitCode {
                 duration,
                 level,
             } => record(source, out, append, limit, duration, level).await,
+            Command::Rules { command } => rules_cmd::run(command).await,
         }
     });
     match result {

@@ -1,0 +1,187 @@
+//! Running a compiled ruleset over units: update counters, evaluate the routed rules, and bind
+//! the actions of those that fire.
+
+use crate::Mode;
+use crate::action::{Action, Subject as ActionSubject, Verb};
+use crate::counter::CounterStore;
+use crate::eval::{Cx, value_hash};
+use crate::frame::{Frame, Scratch};
+use crate::input::Input;
+use crate::ruleset::{Ruleset, TargetKind, Template, TemplatePart, VerbTemplate};
+use crate::value::Val;
+
+/// One rule that fired on one unit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Firing {
+    /// Index of the rule in [`Ruleset::rules`].
+    pub rule: usize,
+    /// The rule's name.
+    pub rule_name: String,
+    /// The rule's mode.
+    pub mode: Mode,
+    /// `(expression, value)` for every field and counter the condition reads.
+    pub explanation: Vec<(String, String)>,
+    /// The bound actions.
+    pub actions: Vec<Action>,
+}
+
+/// Evaluates units against a ruleset. Holds reusable scratch memory: keep one per thread.
+#[derive(Default)]
+pub struct Evaluator {
+    scratch: Scratch,
+    /// Evaluate `off` rules too (for `rules test`).
+    pub include_off: bool,
+}
+
+impl Evaluator {
+    /// A new evaluator.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Evaluates one unit: counts it in the counters that apply, then evaluates the rules that
+    /// apply, appending one [`Firing`] per rule that fired to `out`. Returns the number of rules
+    /// evaluated. Allocates only for rules that fire.
+    pub fn evaluate(
+        &mut self,
+        ruleset: &Ruleset,
+        input: Input<'_>,
+        counters: &mut dyn CounterStore,
+        out: &mut Vec<Firing>,
+    ) -> usize {
+        self.scratch.reset();
+        let subject = input.subject();
+        let frame = Frame::new(input, &self.scratch, &ruleset.lists, ruleset.counters.len());
+        let keys_only = Cx {
+            frame: &frame,
+            regexes: ruleset.regexes.as_ref(),
+            counter_keys: &ruleset.counter_keys,
+            store: None,
+        };
+        for &i in ruleset.counter_routes.get(&subject) {
+            let counter = &ruleset.counters[i];
+            if let Some(when) = &counter.when
+                && keys_only.eval(when) != Val::Bool(true)
+            {
+                continue;
+            }
+            let Some(key) = keys_only.counter_key(i) else {
+                continue;
+            };
+            match counter.distinct.as_ref().map(|d| keys_only.eval(d)) {
+                None => counters.add(i, key, None, input.now),
+                Some(Val::Str(s)) => counters.add(i, key, Some(value_hash(s)), input.now),
+                Some(Val::List(items)) => {
+                    for s in items {
+                        counters.add(i, key, Some(value_hash(s)), input.now);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        let cx = Cx {
+            store: Some(&*counters),
+            ..keys_only
+        };
+        let routes = if self.include_off {
+            &ruleset.all_rule_routes
+        } else {
+            &ruleset.rule_routes
+        };
+        let rules = routes.get(&subject);
+        for &i in rules {
+            let rule = &ruleset.rules[i];
+            if cx.eval(&rule.when) == Val::Bool(true) {
+                out.push(bind(ruleset, i, &cx));
+            }
+        }
+        rules.len()
+    }
+}
+
+fn render<'a>(t: &'a Template, cx: &Cx<'_, 'a>) -> String {
+    let mut s = String::new();
+    for part in &t.parts {
+        match part {
+            TemplatePart::Text(x) => s.push_str(x),
+            TemplatePart::Hole(node) => s.push_str(&cx.eval(node).to_string()),
+        }
+    }
+    s
+}
+
+fn bind<'a>(ruleset: &'a Ruleset, index: usize, cx: &Cx<'_, 'a>) -> Firing {
+    let rule = &ruleset.rules[index];
+    let input = &cx.frame.input;
+    let mut explanation: Vec<(String, String)> = Vec::new();
+    for (source, node) in &rule.observed {
+        if !explanation.iter().any(|(s, _)| s == source) {
+            explanation.push((source.clone(), cx.eval(node).to_string()));
+        }
+    }
+    let did = input.event.did.clone();
+    let record_subject = input.op.map(|op| ActionSubject::Record {
+        uri: op.uri(&did),
+        cid: op.cid.map(|c| c.to_string()),
+    });
+    let actions = rule
+        .actions
+        .iter()
+        .map(|a| {
+            let verb = match &a.verb {
+                VerbTemplate::Label {
+                    value,
+                    negate,
+                    expires_in,
+                } => Verb::Label {
+                    value: value.clone(),
+                    negate: *negate,
+                    expires_in: *expires_in,
+                },
+                VerbTemplate::Tag { tags } => Verb::Tag { tags: tags.clone() },
+                VerbTemplate::Flag { value } => Verb::Flag {
+                    value: value.clone(),
+                },
+                VerbTemplate::Report { reason, comment } => Verb::Report {
+                    reason: reason.clone(),
+                    comment: render(comment, cx),
+                },
+                VerbTemplate::Takedown { comment } => Verb::Takedown {
+                    comment: render(comment, cx),
+                },
+                VerbTemplate::Escalate { comment } => Verb::Escalate {
+                    comment: render(comment, cx),
+                },
+                VerbTemplate::Acknowledge { comment } => Verb::Acknowledge {
+                    comment: render(comment, cx),
+                },
+                VerbTemplate::Comment { comment } => Verb::Comment {
+                    comment: render(comment, cx),
+                },
+                VerbTemplate::Notify { webhook, message } => Verb::Notify {
+                    webhook: webhook.clone(),
+                    message: render(message, cx),
+                },
+            };
+            let subject = match (a.target, &record_subject) {
+                (TargetKind::Record, Some(s)) => s.clone(),
+                _ => ActionSubject::Account { did: did.clone() },
+            };
+            Action {
+                verb,
+                subject,
+                rule: rule.name.clone(),
+                ruleset_version: ruleset.version.clone(),
+                mode: rule.mode,
+                explanation: explanation.clone(),
+            }
+        })
+        .collect();
+    Firing {
+        rule: index,
+        rule_name: rule.name.clone(),
+        mode: rule.mode,
+        explanation,
+        actions,
+    }
+}

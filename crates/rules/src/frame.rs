@@ -1,0 +1,374 @@
+//! The state of one evaluation: the input, the arena values live in, and lazily computed
+//! features (record views, text features, match results), each computed at most once per
+//! event and only if some rule reads it.
+
+use crate::input::Input;
+use crate::lists::Lists;
+use crate::text;
+use crate::value::Val;
+use bumpalo::Bump;
+use bumpalo::collections::Vec as BumpVec;
+use skywarden_atproto::event::EventBody;
+use skywarden_atproto::record::{Embed, FacetFeature, Post, Record};
+use skywarden_atproto::syntax::Datetime;
+use std::cell::{Cell, OnceCell, RefCell};
+
+/// The most comprehension variables alive at once (nesting depth of `exists`/`all`/...).
+pub const MAX_LOCALS: usize = 8;
+
+/// Per-evaluation state. Created for each unit, dropped before the arena is reset.
+pub struct Frame<'a> {
+    /// What is evaluated.
+    pub input: Input<'a>,
+    /// Where computed strings and lists live until the next event.
+    pub bump: &'a Bump,
+    /// The named lists and their matchers.
+    pub lists: &'a Lists,
+    /// Values of comprehension variables, by slot.
+    pub locals: [Cell<Val<'a>>; MAX_LOCALS],
+    time: OnceCell<Option<i64>>,
+    text: OnceCell<&'a str>,
+    normalized: OnceCell<&'a str>,
+    tokens: OnceCell<&'a [&'a str]>,
+    hashtags: OnceCell<&'a [&'a str]>,
+    mentions: OnceCell<&'a [&'a str]>,
+    links: OnceCell<&'a [&'a str]>,
+    domains: OnceCell<&'a [&'a str]>,
+    facet_mentions: OnceCell<&'a [&'a str]>,
+    facet_links: OnceCell<&'a [&'a str]>,
+    misleading: OnceCell<bool>,
+    /// Keyword matches per matched string: (address, length, whole-word hits, substring hits).
+    keyword_cache: RefCell<BumpVec<'a, (usize, usize, u128, u128)>>,
+    /// Regex matches per matched string: (address, length, matching pattern bitset).
+    regex_cache: RefCell<BumpVec<'a, (usize, usize, &'a [u64])>>,
+    buf: &'a RefCell<String>,
+    /// Counter keys computed for this unit, by counter index.
+    pub counter_keys: &'a [OnceCell<Option<u128>>],
+}
+
+/// Reusable buffers for [`Frame`]s, so a steady stream of events allocates nothing.
+#[derive(Default)]
+pub struct Scratch {
+    /// The arena.
+    pub bump: Bump,
+    /// A text buffer for normalisation.
+    pub buf: RefCell<String>,
+}
+
+impl Scratch {
+    /// Frees everything the previous evaluation put in the arena, keeping its memory.
+    pub fn reset(&mut self) {
+        self.bump.reset();
+    }
+}
+
+impl<'a> Frame<'a> {
+    /// A fresh frame for `input`.
+    pub fn new(input: Input<'a>, scratch: &'a Scratch, lists: &'a Lists, counters: usize) -> Self {
+        let bump = &scratch.bump;
+        Frame {
+            input,
+            bump,
+            lists,
+            locals: std::array::from_fn(|_| Cell::new(Val::Missing)),
+            time: OnceCell::new(),
+            text: OnceCell::new(),
+            normalized: OnceCell::new(),
+            tokens: OnceCell::new(),
+            hashtags: OnceCell::new(),
+            mentions: OnceCell::new(),
+            links: OnceCell::new(),
+            domains: OnceCell::new(),
+            facet_mentions: OnceCell::new(),
+            facet_links: OnceCell::new(),
+            misleading: OnceCell::new(),
+            keyword_cache: RefCell::new(BumpVec::new_in(bump)),
+            regex_cache: RefCell::new(BumpVec::new_in(bump)),
+            buf: &scratch.buf,
+            counter_keys: bump.alloc_slice_fill_with(counters, |_| OnceCell::new()),
+        }
+    }
+
+    /// The op's record, if the unit is a record write whose record decoded.
+    pub fn record(&self) -> Option<&'a Record> {
+        self.input.op.and_then(|op| op.record.as_ref())
+    }
+
+    /// The record if it is in `collection`.
+    pub fn record_in(&self, collection: &str) -> Option<&'a Record> {
+        self.input
+            .op
+            .filter(|op| op.collection == collection)
+            .and_then(|op| op.record.as_ref())
+    }
+
+    /// The post view, if the record is a post.
+    pub fn post(&self) -> Option<Post<'a>> {
+        self.record_in("app.bsky.feed.post").map(Record::as_post)
+    }
+
+    /// The event's own time, parsed.
+    pub fn event_time(&self) -> Option<i64> {
+        *self.time.get_or_init(|| {
+            Datetime::new(&self.input.event.time)
+                .ok()
+                .map(|d| d.timestamp_micros())
+        })
+    }
+
+    /// Copies a list of strings into the arena.
+    pub fn list<I: IntoIterator<Item = &'a str>>(&self, items: I) -> &'a [&'a str] {
+        let mut v = BumpVec::new_in(self.bump);
+        v.extend(items);
+        v.into_bump_slice()
+    }
+
+    /// The event's primary text: a post's text; a profile's display name and description; the
+    /// name and description of a list, feed generator or starter pack; empty otherwise.
+    pub fn text(&self) -> &'a str {
+        self.text.get_or_init(|| {
+            let Some(record) = self.record() else {
+                return "";
+            };
+            let collection = self.input.op.map_or("", |op| op.collection.as_str());
+            if collection == "app.bsky.feed.post" {
+                return record.as_post().text();
+            }
+            let title = record.display_name().or_else(|| record.name());
+            match (title, record.description()) {
+                (Some(t), Some(d)) => {
+                    let mut s = bumpalo::collections::String::with_capacity_in(
+                        t.len() + d.len() + 1,
+                        self.bump,
+                    );
+                    s.push_str(t);
+                    s.push('\n');
+                    s.push_str(d);
+                    s.into_bump_str()
+                }
+                (Some(t), None) => t,
+                (None, Some(d)) => d,
+                (None, None) => "",
+            }
+        })
+    }
+
+    /// The normalised form of `s`, in the arena.
+    pub fn normalize(&self, s: &str) -> &'a str {
+        let mut buf = self.buf.borrow_mut();
+        text::normalize_into(s, &mut buf);
+        self.bump.alloc_str(&buf)
+    }
+
+    /// `text.normalized`.
+    pub fn normalized(&self) -> &'a str {
+        self.normalized.get_or_init(|| self.normalize(self.text()))
+    }
+
+    /// `text.tokens`.
+    pub fn tokens(&self) -> &'a [&'a str] {
+        self.tokens
+            .get_or_init(|| self.list(text::tokens(self.normalized())))
+    }
+
+    /// `text.hashtags`: hashtags in the text, in tag facets and in a post's `tags`, lower-cased
+    /// and de-duplicated.
+    pub fn hashtags(&self) -> &'a [&'a str] {
+        self.hashtags.get_or_init(|| {
+            let mut v = BumpVec::new_in(self.bump);
+            let post = self.post();
+            let from_facets = post.into_iter().flat_map(|p| {
+                p.facets().into_iter().flat_map(|f| {
+                    f.features.into_iter().filter_map(|feat| match feat {
+                        FacetFeature::Tag(t) => Some(t),
+                        _ => None,
+                    })
+                })
+            });
+            let from_tags = post.into_iter().flat_map(|p| p.tags());
+            for tag in text::hashtags(self.text())
+                .chain(from_facets)
+                .chain(from_tags)
+            {
+                let tag: &'a str = if tag.chars().any(char::is_uppercase) {
+                    self.bump.alloc_str(&tag.to_lowercase())
+                } else {
+                    tag
+                };
+                if !v.contains(&tag) {
+                    v.push(tag);
+                }
+            }
+            v.into_bump_slice()
+        })
+    }
+
+    /// `text.mentions`: handles mentioned in the text.
+    pub fn mentions(&self) -> &'a [&'a str] {
+        self.mentions
+            .get_or_init(|| self.list(text::mentions(self.text())))
+    }
+
+    /// `record.post.mentions`: DIDs of mention facets, de-duplicated.
+    pub fn facet_mentions(&self) -> &'a [&'a str] {
+        self.facet_mentions.get_or_init(|| {
+            let mut v = BumpVec::new_in(self.bump);
+            for f in self.post().map(|p| p.facets()).unwrap_or_default() {
+                for feat in f.features {
+                    if let FacetFeature::Mention(did) = feat
+                        && !v.contains(&did)
+                    {
+                        v.push(did);
+                    }
+                }
+            }
+            v.into_bump_slice()
+        })
+    }
+
+    /// `record.post.links`: link facet targets and the external embed's URI.
+    pub fn facet_links(&self) -> &'a [&'a str] {
+        self.facet_links.get_or_init(|| {
+            let mut v = BumpVec::new_in(self.bump);
+            if let Some(post) = self.post() {
+                for f in post.facets() {
+                    for feat in f.features {
+                        if let FacetFeature::Link(uri) = feat {
+                            v.push(uri);
+                        }
+                    }
+                }
+                if let Some(Embed::External { uri: Some(uri), .. }) = post.embed() {
+                    v.push(uri);
+                }
+            }
+            v.into_bump_slice()
+        })
+    }
+
+    /// `text.links`: links written in the text plus link facets and link cards, de-duplicated.
+    pub fn links(&self) -> &'a [&'a str] {
+        self.links.get_or_init(|| {
+            let mut v = BumpVec::new_in(self.bump);
+            for link in self
+                .facet_links()
+                .iter()
+                .copied()
+                .chain(text::links(self.text()))
+            {
+                if !v.contains(&link) {
+                    v.push(link);
+                }
+            }
+            v.into_bump_slice()
+        })
+    }
+
+    /// `text.domains`: registrable domains of `text.links`, lower-cased, de-duplicated.
+    pub fn domains(&self) -> &'a [&'a str] {
+        self.domains.get_or_init(|| {
+            let mut v = BumpVec::new_in(self.bump);
+            for link in self.links() {
+                if let Some(d) = self.domain_of(link)
+                    && !v.contains(&d)
+                {
+                    v.push(d);
+                }
+            }
+            v.into_bump_slice()
+        })
+    }
+
+    /// The registrable domain of a URL, host or domain, lower-cased.
+    pub fn domain_of(&self, link: &str) -> Option<&'a str> {
+        let host = text::host_of(link)?;
+        let lower: &str = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.bump.alloc_str(&host.to_ascii_lowercase())
+        } else {
+            host
+        };
+        text::registrable_domain(lower).map(|d| self.bump.alloc_str(d) as &str)
+    }
+
+    /// `text.misleading_link`: a link facet whose visible text names another domain.
+    pub fn misleading_link(&self) -> bool {
+        *self.misleading.get_or_init(|| {
+            let Some(post) = self.post() else {
+                return false;
+            };
+            let text = post.text();
+            post.facets().iter().any(|f| {
+                f.features.iter().any(|feat| match feat {
+                    FacetFeature::Link(uri) => f
+                        .slice(text)
+                        .is_some_and(|anchor| text::misleading_link(anchor, uri)),
+                    _ => false,
+                })
+            })
+        })
+    }
+
+    /// `text.bad_facets`: facets whose byte range does not fit the text (a sign of a crafted
+    /// record: clients never produce them).
+    pub fn bad_facets(&self) -> bool {
+        self.post().is_some_and(|p| {
+            let text = p.text();
+            p.facets()
+                .iter()
+                .any(|f| f.byte_start > f.byte_end || f.slice(text).is_none())
+        })
+    }
+
+    /// Keyword hits of `s` against every keyword list, as two bitsets over list indexes:
+    /// whole-word hits in the normalised text, and hits anywhere in its letters-only form.
+    pub fn keyword_hits(&self, s: &str) -> (u128, u128) {
+        let id = (s.as_ptr() as usize, s.len());
+        if let Some(hit) = self
+            .keyword_cache
+            .borrow()
+            .iter()
+            .find(|(p, l, ..)| (*p, *l) == id)
+        {
+            return (hit.2, hit.3);
+        }
+        let normalized = if std::ptr::eq(s, self.text()) {
+            self.normalized()
+        } else {
+            self.normalize(s)
+        };
+        let hits = self.lists.keyword_hits(normalized, self.bump);
+        self.keyword_cache
+            .borrow_mut()
+            .push((id.0, id.1, hits.0, hits.1));
+        hits
+    }
+
+    /// Which patterns of the ruleset's regex set match `s` (bitset over pattern indexes).
+    pub fn regex_hits(&self, s: &str, set: &regex::RegexSet) -> &'a [u64] {
+        let id = (s.as_ptr() as usize, s.len());
+        if let Some(hit) = self
+            .regex_cache
+            .borrow()
+            .iter()
+            .find(|(p, l, _)| (*p, *l) == id)
+        {
+            return hit.2;
+        }
+        let words = set.len().div_ceil(64);
+        let bits = self.bump.alloc_slice_fill_copy(words, 0u64);
+        for i in set.matches(s).iter() {
+            bits[i / 64] |= 1 << (i % 64);
+        }
+        let bits: &'a [u64] = bits;
+        self.regex_cache.borrow_mut().push((id.0, id.1, bits));
+        bits
+    }
+
+    /// The handle of an identity event, if it carries one.
+    pub fn identity_handle(&self) -> Option<&'a str> {
+        match &self.input.event.body {
+            EventBody::Identity { handle } => handle.as_deref(),
+            _ => None,
+        }
+    }
+}

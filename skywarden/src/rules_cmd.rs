@@ -1,0 +1,259 @@
+//! `skywarden rules ...`: check, test, backtest and document rulesets.
+
+use crate::SourceArgs;
+use crate::default_rules;
+use clap::Subcommand;
+use skywarden_atproto::syntax::Datetime;
+use skywarden_rules::counter::MemoryCounters;
+use skywarden_rules::testing;
+use skywarden_rules::{Account, Evaluator, Input, Ruleset};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Subcommand)]
+pub enum RulesCommand {
+    /// Load and type-check a ruleset; print every error with file:line:col.
+    ///
+    /// Without DIR, checks the built-in default ruleset.
+    Check {
+        /// The ruleset directory (all *.toml files under it).
+        dir: Option<PathBuf>,
+    },
+    /// Run a ruleset's inline tests and fixtures; show which rules fired and why.
+    ///
+    /// Without DIR, tests the built-in default ruleset (inline cases only: fixtures live on disk).
+    Test {
+        /// The ruleset directory.
+        dir: Option<PathBuf>,
+        /// Show what fired for passing cases too.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Evaluate a recorded (or live) stream offline: print one JSON line per firing and a
+    /// summary per rule. Nothing is carried out: this is the backtest before a rule goes live.
+    ///
+    /// Accounts are known only from the stream itself (first seen, handle from identity
+    /// events): account age and follower counts are missing, so rules that need them stay
+    /// quiet.
+    ///
+    /// Example:
+    ///   skywarden rules run rules/ --archive testdata/firehose/pds-recording.skwa
+    #[command(verbatim_doc_comment)]
+    Run {
+        /// The ruleset directory (default: the built-in ruleset).
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Print only the summary.
+        #[arg(long)]
+        summary_only: bool,
+        /// Stop after this many events.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+    },
+    /// Print the rule language reference (Markdown), generated from the vocabulary.
+    Reference,
+}
+
+fn load(dir: Option<&Path>) -> Result<Ruleset, String> {
+    let result = match dir {
+        Some(d) => Ruleset::load_dir(d),
+        None => default_rules::load(),
+    };
+    result.map_err(|diags| {
+        let n = diags.len();
+        let text: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        format!(
+            "{}\n{n} error{} in the ruleset",
+            text.join("\n"),
+            if n == 1 { "" } else { "s" }
+        )
+    })
+}
+
+pub async fn run(cmd: RulesCommand) -> Result<(), String> {
+    match cmd {
+        RulesCommand::Check { dir } => {
+            let rs = load(dir.as_deref())?;
+            println!(
+                "ok: {} rules ({} live, {} shadow, {} off), {} counters, {} lists, {} tests, version {}",
+                rs.rules.len(),
+                rs.rules
+                    .iter()
+                    .filter(|r| r.mode == skywarden_rules::Mode::Live)
+                    .count(),
+                rs.rules
+                    .iter()
+                    .filter(|r| r.mode == skywarden_rules::Mode::Shadow)
+                    .count(),
+                rs.rules
+                    .iter()
+                    .filter(|r| r.mode == skywarden_rules::Mode::Off)
+                    .count(),
+                rs.counters.len(),
+                rs.lists.names().len(),
+                rs.tests.len() + rs.fixtures.len(),
+                rs.version
+            );
+            Ok(())
+        }
+        RulesCommand::Test { dir, verbose } => test(dir.as_deref(), verbose),
+        RulesCommand::Run {
+            dir,
+            source,
+            summary_only,
+            limit,
+        } => backtest(dir.as_deref(), source, summary_only, limit).await,
+        RulesCommand::Reference => {
+            print!("{}", skywarden_rules::reference::markdown());
+            Ok(())
+        }
+    }
+}
+
+fn test(dir: Option<&Path>, verbose: bool) -> Result<(), String> {
+    let rs = load(dir)?;
+    let root = rs.root.clone();
+    let read = move |p: &Path| match &root {
+        Some(r) => std::fs::read_to_string(r.join(p)),
+        None => default_rules::read(p),
+    };
+    let outcomes = testing::run_all(&rs, &read);
+    let mut failed = 0;
+    for o in &outcomes {
+        if o.passed {
+            println!("ok    {}", o.name);
+        } else {
+            failed += 1;
+            println!("FAIL  {}  ({})", o.name, o.location);
+        }
+        if !o.passed || verbose {
+            for d in &o.detail {
+                println!("        {d}");
+            }
+        }
+    }
+    let untested: Vec<&str> = rs
+        .rules
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !rs.tests.iter().any(|t| t.rule == *i))
+        .map(|(_, r)| r.name.as_str())
+        .collect();
+    if !untested.is_empty() {
+        println!("note: rules without inline tests: {}", untested.join(", "));
+    }
+    println!(
+        "{} passed, {failed} failed ({} cases, {} fixtures)",
+        outcomes.len() - failed,
+        rs.tests.len(),
+        rs.fixtures.len()
+    );
+    if failed > 0 {
+        Err(format!("{failed} test(s) failed"))
+    } else {
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct RuleStats {
+    fired: u64,
+    accounts: HashSet<String>,
+    actions: BTreeMap<&'static str, u64>,
+}
+
+async fn backtest(
+    dir: Option<&Path>,
+    args: SourceArgs,
+    summary_only: bool,
+    limit: Option<u64>,
+) -> Result<(), String> {
+    let rs = load(dir)?;
+    let mut source = args.open().map_err(|e| e.to_string())?;
+    let mut evaluator = Evaluator::new();
+    let mut counters = MemoryCounters::new(rs.counters.iter().map(|c| c.spec.clone()).collect());
+    let mut seen: HashMap<String, Account> = HashMap::new();
+    let mut firings = Vec::new();
+    let mut stats: Vec<RuleStats> = rs.rules.iter().map(|_| RuleStats::default()).collect();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let (mut events, mut units, mut evaluated) = (0u64, 0u64, 0usize);
+    let started = Instant::now();
+    let mut eval_time = std::time::Duration::ZERO;
+    while limit.is_none_or(|l| events < l) {
+        let Some(event) = source.next_event().await.map_err(|e| e.to_string())? else {
+            break;
+        };
+        events += 1;
+        let now = Datetime::new(&event.time)
+            .map(|d| d.timestamp_micros())
+            .unwrap_or_else(|_| skywarden_ingest::now_micros());
+        let account = seen.entry(event.did.clone()).or_insert_with(|| Account {
+            first_seen: Some(now),
+            first_event: true,
+            ..Account::default()
+        });
+        if let skywarden_atproto::event::EventBody::Identity { handle: Some(h) } = &event.body {
+            account.handle = Some(h.clone());
+        }
+        let account = account.clone();
+        firings.clear();
+        let t = Instant::now();
+        for input in Input::units(&event, &account, now) {
+            units += 1;
+            evaluated += evaluator.evaluate(&rs, input, &mut counters, &mut firings);
+        }
+        eval_time += t.elapsed();
+        if let Some(a) = seen.get_mut(&event.did) {
+            a.first_event = false;
+        }
+        for f in &firings {
+            let s = &mut stats[f.rule];
+            s.fired += 1;
+            s.accounts.insert(event.did.clone());
+            for a in &f.actions {
+                *s.actions.entry(a.verb.name()).or_default() += 1;
+            }
+            if !summary_only {
+                let line = serde_json::json!({
+                    "cursor": event.cursor,
+                    "time": event.time,
+                    "did": event.did,
+                    "rule": f.rule_name,
+                    "mode": f.mode.as_str(),
+                    "actions": f.actions.iter().map(|a| a.to_json()).collect::<Vec<_>>(),
+                });
+                if writeln!(out, "{line}").is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    let _ = out.flush();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "ruleset {}: {events} events, {units} units, {evaluated} rule evaluations in {secs:.2}s \
+         ({:.0} units/s evaluating)",
+        rs.version,
+        units as f64 / eval_time.as_secs_f64().max(1e-9)
+    );
+    eprintln!(
+        "{:<36} {:>7} {:>8} {:>8}  actions",
+        "rule", "mode", "fired", "accounts"
+    );
+    for (rule, s) in rs.rules.iter().zip(&stats) {
+        let actions: Vec<String> = s.actions.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        eprintln!(
+            "{:<36} {:>7} {:>8} {:>8}  {}",
+            rule.name,
+            rule.mode.as_str(),
+            s.fired,
+            s.accounts.len(),
+            actions.join(" ")
+        );
+    }
+    Ok(())
+}
