@@ -98,6 +98,8 @@ pub enum Builtin {
     Domain,
     /// `s.did()`: the DID of an AT-URI.
     Did,
+    /// `s.split(sep)`: the parts of `s` between separators.
+    Split,
     /// `int(x)`
     ToInt,
     /// `double(x)`
@@ -140,6 +142,15 @@ pub enum Node {
         counter: usize,
         /// Window read.
         window: Window,
+    },
+    /// `counters.NAME.WINDOW(key)`: the value for an explicit key.
+    CounterAt {
+        /// Counter index.
+        counter: usize,
+        /// Window read.
+        window: Window,
+        /// The key.
+        key: Box<Node>,
     },
     /// `!x`
     Not(Box<Node>),
@@ -207,6 +218,9 @@ pub struct CounterSig {
     pub name: String,
     /// Declared windows.
     pub windows: Vec<Window>,
+    /// Whether the key expression is a list (one key per item): such counters are read with an
+    /// explicit key, `counters.NAME.WINDOW(key)`.
+    pub list_key: bool,
 }
 
 /// Names an expression can refer to beyond the vocabulary.
@@ -272,7 +286,10 @@ pub fn compile(
                 .iter()
                 .map(|e| CompileError {
                     offset: line_col_to_offset(source, e.pos.0, e.pos.1),
-                    message: format!("syntax error: {}", e.msg),
+                    message: format!(
+                        "syntax error: {}",
+                        e.msg.trim_start_matches("Syntax error: ")
+                    ),
                     hint: None,
                 })
                 .collect());
@@ -548,6 +565,17 @@ impl Compiler<'_> {
     }
 
     fn counter(&mut self, e: &IdedExpr, name: Option<&str>, window: Option<&str>) -> R<(Node, Ty)> {
+        self.counter_read(e, name, window, None)
+    }
+
+    /// A counter read, for this event's key or for an explicit `key`.
+    fn counter_read(
+        &mut self,
+        e: &IdedExpr,
+        name: Option<&str>,
+        window: Option<&str>,
+        key: Option<&IdedExpr>,
+    ) -> R<(Node, Ty)> {
         if !self.scope.counters_allowed {
             return err(
                 self.offset(e),
@@ -590,12 +618,30 @@ impl Compiler<'_> {
         };
         match Window::parse(window) {
             Some(w) if sig.windows.contains(&w) => {
-                let node = Node::Counter {
-                    counter: index,
-                    window: w,
+                let list_key = sig.list_key;
+                let node = match key {
+                    Some(k) => Node::CounterAt {
+                        counter: index,
+                        window: w,
+                        key: Box::new(self.want(k, Ty::String, "a counter key")?),
+                    },
+                    None if list_key => {
+                        return err(
+                            self.offset(e),
+                            format!("counter `{name}` has one key per list item"),
+                            Some(format!("read it for one key: `counters.{name}.{window}(key)`")),
+                        );
+                    }
+                    None => {
+                        let node = Node::Counter {
+                            counter: index,
+                            window: w,
+                        };
+                        self.observed
+                            .push((format!("counters.{name}.{window}"), node.clone()));
+                        node
+                    }
                 };
-                self.observed
-                    .push((format!("counters.{name}.{window}"), node.clone()));
                 Ok((node, Ty::Int))
             }
             _ => err(
@@ -710,6 +756,9 @@ impl Compiler<'_> {
                         (Ty::Duration, Ty::String) | (Ty::String, Ty::Duration) => {
                             Some("write durations as `duration(\"7d\")`".to_string())
                         }
+                        (Ty::Duration, Ty::Int | Ty::Float) | (Ty::Int | Ty::Float, Ty::Duration) => {
+                            Some("durations compare with durations: `duration(\"7d\")`".to_string())
+                        }
                         (Ty::Timestamp, Ty::String) | (Ty::String, Ty::Timestamp) => {
                             Some("write times as `timestamp(\"2024-01-01T00:00:00Z\")`".to_string())
                         }
@@ -810,7 +859,10 @@ impl Compiler<'_> {
                 let s = self.want(subject, Ty::String, "the text matched")?;
                 let p = self.const_str(pattern, "a regex")?;
                 if let Err(m) = regex::Regex::new(&p) {
-                    return err(self.offset(pattern), format!("invalid regex: {m}"), None);
+                    // The regex crate's message spans lines (pattern, caret, reason): keep the reason.
+                    let m = m.to_string();
+                    let reason = m.lines().last().unwrap_or("").trim_start_matches("error: ");
+                    return err(self.offset(pattern), format!("invalid regex: {reason}"), None);
                 }
                 let id = self.regexes.intern(&p);
                 Ok((Node::Regex(Box::new(s), id), Ty::Bool))
@@ -831,6 +883,14 @@ impl Compiler<'_> {
                 let s = self.want(t, Ty::String, "the URL or host")?;
                 let list = self.named_list(&args[0])?;
                 Ok((Node::DomainIn(Box::new(s), list), Ty::Bool))
+            }
+            (_, Some(t), 1)
+                if path_of(t).is_some_and(|p| {
+                    p.starts_with("counters.") && p.matches('.').count() == 1
+                }) =>
+            {
+                let path = path_of(t).unwrap_or_default();
+                self.counter_read(e, path.strip_prefix("counters."), Some(name), Some(&args[0]))
             }
             ("followed_by", Some(t), 1) if path_of(t).as_deref() == Some("account") => {
                 let did = self.want(&args[0], Ty::String, "the DID")?;
@@ -860,6 +920,7 @@ impl Compiler<'_> {
             "host" => Some((Builtin::Host, &[Ty::String], Ty::String)),
             "domain" => Some((Builtin::Domain, &[Ty::String], Ty::String)),
             "did" => Some((Builtin::Did, &[Ty::String], Ty::String)),
+            "split" => Some((Builtin::Split, &[Ty::String, Ty::String], Ty::List)),
             "hamming" => Some((Builtin::Hamming, &[Ty::Int, Ty::Int], Ty::Int)),
             "int" => Some((Builtin::ToInt, &[], Ty::Int)),
             "double" => Some((Builtin::ToFloat, &[], Ty::Float)),
@@ -878,6 +939,7 @@ impl Compiler<'_> {
                 "host",
                 "domain",
                 "did",
+                "split",
                 "hamming",
                 "int",
                 "double",

@@ -66,6 +66,17 @@ impl<'a> Cx<'_, 'a> {
                 }
                 _ => Val::Missing,
             },
+            Node::CounterAt {
+                counter,
+                window,
+                key,
+            } => match (self.store, self.eval(key)) {
+                (Some(store), Val::Str(k)) => {
+                    let v = store.get(*counter, key_hash(k), *window, f.input.now);
+                    Val::Int(i64::try_from(v).unwrap_or(i64::MAX))
+                }
+                _ => Val::Missing,
+            },
             Node::Not(a) => match self.eval(a) {
                 Val::Bool(b) => Val::Bool(!b),
                 _ => Val::Missing,
@@ -218,6 +229,11 @@ impl<'a> Cx<'_, 'a> {
             (Builtin::Host, Val::Str(s)) => Val::opt_str(text::host_of(s)),
             (Builtin::Domain, Val::Str(s)) => Val::opt_str(f.domain_of(s)),
             (Builtin::Did, Val::Str(s)) => Val::opt_str(did_of(s)),
+            (Builtin::Split, Val::Str(s)) => match second() {
+                Val::Str(sep) if !sep.is_empty() => Val::List(f.list(s.split(sep))),
+                Val::Str(_) => Val::List(f.list([s])),
+                _ => Val::Missing,
+            },
             (Builtin::Hamming, Val::Int(x)) => match second() {
                 Val::Int(y) => Val::Int(i64::from(text::hamming(x as u64, y as u64))),
                 _ => Val::Missing,

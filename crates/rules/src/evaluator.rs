@@ -4,7 +4,7 @@
 use crate::Mode;
 use crate::action::{Action, Subject as ActionSubject, Verb};
 use crate::counter::CounterStore;
-use crate::eval::{Cx, value_hash};
+use crate::eval::{Cx, key_hash, value_hash};
 use crate::frame::{Frame, Scratch};
 use crate::input::Input;
 use crate::ruleset::{Ruleset, TargetKind, Template, TemplatePart, VerbTemplate};
@@ -65,10 +65,8 @@ impl Evaluator {
             {
                 continue;
             }
-            let Some(key) = keys_only.counter_key(i) else {
-                continue;
-            };
-            match counter.distinct.as_ref().map(|d| keys_only.eval(d)) {
+            let distinct = counter.distinct.as_ref().map(|d| keys_only.eval(d));
+            let mut count = |key: u128| match distinct {
                 None => counters.add(i, key, None, input.now),
                 Some(Val::Str(s)) => counters.add(i, key, Some(value_hash(s)), input.now),
                 Some(Val::List(items)) => {
@@ -77,6 +75,15 @@ impl Evaluator {
                     }
                 }
                 Some(_) => {}
+            };
+            match keys_only.eval(&ruleset.counter_keys[i]) {
+                Val::Str(_) => {
+                    if let Some(key) = keys_only.counter_key(i) {
+                        count(key);
+                    }
+                }
+                Val::List(keys) => keys.iter().for_each(|k| count(key_hash(k))),
+                _ => {}
             }
         }
         let cx = Cx {

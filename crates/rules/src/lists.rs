@@ -9,6 +9,10 @@ use crate::text;
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use std::collections::HashSet;
 
+/// Entries shorter than this (in letters and digits) only match as whole words: substring
+/// matching of short words flags innocent text (`kys` in `bsky.social`).
+pub const MIN_SUBSTRING_KEYWORD: usize = 5;
+
 /// The most lists one ruleset can declare (hits are kept in a 128-bit set).
 pub const MAX_LISTS: usize = 128;
 
@@ -91,7 +95,7 @@ impl Lists {
                     add_pattern(&mut patterns, &mut pattern_lists, &norm, bit);
                 }
                 slug(&norm, &mut slugged);
-                if slugged.chars().count() >= 3 {
+                if slugged.chars().count() >= MIN_SUBSTRING_KEYWORD {
                     add_pattern(&mut slug_patterns, &mut slug_pattern_lists, &slugged, bit);
                 }
             }

@@ -886,6 +886,7 @@ impl Ruleset {
                     scope.counters.push(CounterSig {
                         name: c.name.get_ref().clone(),
                         windows,
+                        list_key: false,
                     });
                 }
             }
@@ -945,17 +946,28 @@ impl Ruleset {
                         .map(|x| x.0)
                 });
                 let key = cx.expr(&c.key, &scope, &mut regexes, None);
-                if let Some((_, ty, _)) = &key
-                    && *ty != Ty::String
-                {
-                    cx.at(
-                        cx.string_base(&c.key).0,
-                        format!("a counter key must be a string, found {ty}"),
-                        Some(
-                            "build keys with string(x) and +, e.g. account.did + \"|\" + string(x)"
-                                .into(),
+                if let Some((_, ty, _)) = &key {
+                    match ty {
+                        Ty::String => {}
+                        Ty::List => {
+                            if let Some(sig) =
+                                scope.counters.iter_mut().find(|s| &s.name == c.name.get_ref())
+                            {
+                                sig.list_key = true;
+                            }
+                        }
+                        _ => cx.at(
+                            cx.string_base(&c.key).0,
+                            format!(
+                                "a counter key must be a string (or a list of strings, one key \
+                                 each), found {ty}"
+                            ),
+                            Some(
+                                "build keys with string(x) and +, e.g. account.did + \"|\" + string(x)"
+                                    .into(),
+                            ),
                         ),
-                    );
+                    }
                 }
                 let distinct = c.distinct.as_ref().and_then(|d| {
                     let out = cx.expr(d, &scope, &mut regexes, None)?;
@@ -1020,7 +1032,13 @@ impl Ruleset {
                     location,
                 });
             }
-            scope.counters_allowed = true;
+        }
+        scope.counters_allowed = true;
+        for (file, doc) in &docs {
+            let mut cx = Ctx {
+                file,
+                diags: &mut diags,
+            };
             for rule in &doc.rule {
                 let r = rule.get_ref();
                 if !is_name(r.name.get_ref()) {

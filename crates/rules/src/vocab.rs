@@ -99,6 +99,17 @@ fn age<'a>(f: &Frame<'a>, since: Option<i64>) -> Val<'a> {
     since.map_or(Val::Missing, |t| Val::Dur(f.input.now - t))
 }
 
+fn simhash_bands<'a>(f: &Frame<'a>) -> &'a [&'a str] {
+    let h = crate::text::simhash(f.normalized());
+    if h == 0 {
+        return &[];
+    }
+    f.list((0..4u32).map(|band| {
+        let bits = (h >> (band * 16)) & 0xffff;
+        &*bumpalo::format!(in f.bump, "{}:{:04x}", band, bits).into_bump_str()
+    }))
+}
+
 macro_rules! fields {
     ($( $path:literal : $ty:ident $(? $opt:tt)? = $doc:literal => $read:expr ;)*) => {
         /// Every field, in reference-page order.
@@ -326,8 +337,10 @@ fields! {
     "text.fingerprint": String ?o = "exact-after-normalisation fingerprint (hex) for counting duplicates; missing for empty text"
         => |f| match crate::text::fingerprint(f.normalized()) {
             0 => Val::Missing,
-            fp => s(f.bump.alloc_str(&format!("{fp:016x}"))),
+            fp => s(bumpalo::format!(in f.bump, "{:016x}", fp).into_bump_str()),
         };
+    "text.simhash_bands": List = "the SimHash cut into four 16-bit bands (`0:1a2b`, `1:...`): near-duplicate texts share at least one band, so a counter keyed by the bands counts near-duplicates"
+        => |f| Val::List(simhash_bands(f));
     "text.simhash": Int ?o = "64-bit SimHash of the normalised text, for near-duplicate comparison with `hamming()`"
         => |f| match crate::text::simhash(f.normalized()) {
             0 => Val::Missing,

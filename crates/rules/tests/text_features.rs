@@ -1,0 +1,304 @@
+//! Text features (`skywarden_rules::text`) on real-looking Bluesky text.
+
+use skywarden_rules::text::*;
+
+fn norm(s: &str) -> String {
+    let mut out = String::new();
+    normalize_into(s, &mut out);
+    out
+}
+
+fn all<'a>(it: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    it.collect()
+}
+
+// --- normalisation ------------------------------------------------------------------------
+
+#[test]
+fn cyrillic_and_greek_lookalikes_fold_to_ascii() {
+    // ѕ с а: Cyrillic dze, es, a.
+    assert_eq!(norm("\u{0455}\u{0441}\u{0430}m"), "scam");
+    // Greek capitals that look like Latin capitals fold to the Latin letter, not to the
+    // lower-case Greek letter (Η → h, not η → n).
+    assert_eq!(norm("ΗΟΤ ΝΕWS"), "hot news");
+    // Greek small letters: ο α ν ρ τ.
+    assert_eq!(norm("ρayραl suρροrτ"), "paypal support");
+    assert_eq!(norm("\u{0456}\u{0458}\u{0501}\u{0261}"), "ijdg");
+    // Small capitals from "fancy text" generators.
+    assert_eq!(norm("ꜰʀᴇᴇ ᴄʀʏᴘᴛᴏ"), "ꜰreecrypto".replace("ecrypto", "e crypto"));
+}
+
+#[test]
+fn fullwidth_and_math_alphanumerics_fold_via_nfkc() {
+    assert_eq!(norm("ＦＲＥＥ"), "free");
+    assert_eq!(norm("𝐅𝐑𝐄𝐄 𝓶𝓸𝓷𝓮𝔂"), "free money");
+    assert_eq!(norm("ⓕⓡⓔⓔ"), "free");
+    assert_eq!(norm("ﬁnance"), "finance");
+}
+
+#[test]
+fn invisible_characters_are_removed() {
+    assert_eq!(norm("fr\u{200B}ee"), "free");
+    assert_eq!(norm("c\u{00AD}a\u{2060}s\u{FEFF}h a\u{200D}p\u{034F}p"), "cash app");
+    assert_eq!(norm("\u{202E}gpj.exe"), "gpj.exe");
+    assert_eq!(norm("a\u{2066}b\u{2069}c\u{061C}"), "abc");
+}
+
+#[test]
+fn whitespace_collapses_and_trims() {
+    assert_eq!(norm("  Free\t\n\u{00A0} money \u{3000} "), "free money");
+    assert_eq!(norm("free\u{2800}\u{2800}money"), "free money");
+    assert_eq!(norm(""), "");
+    assert_eq!(norm(" \u{200B} "), "");
+}
+
+#[test]
+fn leet_inside_words_folds_but_numbers_stay() {
+    assert_eq!(norm("fr33 m0ney"), "free money");
+    assert_eq!(norm("FR33 M0N3Y!!"), "free money!!");
+    assert_eq!(norm("h4x0r"), "haxor");
+    assert_eq!(norm("call 1000 now"), "call 1000 now");
+    assert_eq!(norm("since 2024"), "since 2024");
+    assert_eq!(norm("covid19"), "covid19");
+    assert_eq!(norm("sc@m and ca$h"), "scam and cash");
+    // Quantities, ordinals, cashtags, prices, e-mail addresses and mentions stay.
+    assert_eq!(norm("10k followers, 3rd time, 5g at 7pm"), "10k followers, 3rd time, 5g at 7pm");
+    assert_eq!(norm("$BTC to US$5"), "$btc to us$5");
+    assert_eq!(norm("mail bob@example.com or @alice.bsky.social"), "mail bob@example.com or @alice.bsky.social");
+    // A leading run that is not a unit is leet.
+    assert_eq!(norm("5ex 3v1l"), "sex evil");
+}
+
+#[test]
+fn normalize_reuses_the_buffer() {
+    let mut out = String::from("stale contents");
+    normalize_into("Hello", &mut out);
+    assert_eq!(out, "hello");
+    normalize_into("", &mut out);
+    assert_eq!(out, "");
+}
+
+#[test]
+fn confusable_table_maps_to_ascii_lowercase() {
+    assert_eq!(confusable('\u{0430}'), Some('a'));
+    assert_eq!(confusable('a'), None);
+    assert_eq!(confusable('é'), None);
+}
+
+// --- bidi ----------------------------------------------------------------------------------
+
+#[test]
+fn bidi_override_detection() {
+    assert!(has_bidi_override("invoice\u{202E}fdp.exe"));
+    assert!(has_bidi_override("\u{202D}x"));
+    assert!(has_bidi_override("a\u{2067}b\u{2069}"));
+    assert!(has_bidi_override("\u{202B}x\u{202C}"));
+    assert!(!has_bidi_override("plain text, café, 日本語, עברית"));
+    assert!(!has_bidi_override("mark only \u{200F}"));
+    assert!(!has_bidi_override(""));
+}
+
+// --- tokens and word boundaries -------------------------------------------------------------
+
+#[test]
+fn tokens_over_non_ascii() {
+    assert_eq!(all(tokens("café über-cool!")), ["café", "über", "cool"]);
+    assert_eq!(all(tokens(&norm("Café ÜBER"))), ["café", "über"]);
+    // Combining marks stay inside the word (Devanagari virama).
+    assert_eq!(all(tokens("नमस्ते दुनिया")), ["नमस्ते", "दुनिया"]);
+    assert_eq!(all(tokens("  ...  ")), Vec::<&str>::new());
+}
+
+#[test]
+fn whole_word_boundaries() {
+    let h = "free money, freedom";
+    assert!(word_boundary_at(h, 0, 4)); // "free"
+    assert!(word_boundary_at(h, 5, 10)); // "money"
+    assert!(!word_boundary_at(h, 12, 16)); // "free" in "freedom"
+    assert!(word_boundary_at(h, 12, 19)); // "freedom"
+    assert!(!word_boundary_at("scammer", 0, 4));
+    assert!(word_boundary_at("über scam", 6, 10));
+    assert!(!word_boundary_at("überscam", 6, 10));
+    // A range that starts or ends with punctuation is its own boundary.
+    assert!(word_boundary_at("c++dev", 0, 3));
+    // Invalid ranges.
+    assert!(!word_boundary_at("abc", 2, 2));
+    assert!(!word_boundary_at("abc", 1, 9));
+    assert!(!word_boundary_at("é", 1, 2));
+}
+
+// --- hashtags, mentions, links ---------------------------------------------------------------
+
+#[test]
+fn hashtags_like_bluesky() {
+    let post = "New #BlueskyArt drop! #art, #2024 #c++ (#notatag) #🦋 #tag…\n#last.";
+    assert_eq!(all(hashtags(post)), ["BlueskyArt", "art", "c++", "🦋", "tag", "last"]);
+    assert_eq!(all(hashtags("#1 #12ab #covid19 #a#b")), ["12ab", "covid19", "a#b"]);
+    assert_eq!(all(hashtags("email#notatag #️⃣ ＃全角")), ["全角"]);
+    let long = format!("#{} #ok", "a".repeat(65));
+    assert_eq!(all(hashtags(&long)), ["ok"]);
+    let max = format!("#{}", "a".repeat(64));
+    assert_eq!(all(hashtags(&max)), [&max[1..]]);
+}
+
+#[test]
+fn mentions_like_bluesky() {
+    let post = "cc @alice.bsky.social and (@Bob.Example.COM), thanks @carol.test.";
+    assert_eq!(all(mentions(post)), ["alice.bsky.social", "Bob.Example.COM", "carol.test"]);
+    // Not mentions: e-mail addresses, URL paths, dotless names, bad labels, numeric TLDs.
+    let not = "bob@example.com https://medium.com/@writer.name @everyone @-bad.com @a.123 @x..y";
+    assert_eq!(all(mentions(not)), Vec::<&str>::new());
+    assert!(is_handle("alice.bsky.social"));
+    assert!(!is_handle("alice"));
+}
+
+#[test]
+fn links_in_posts() {
+    let post = "Read https://www.bbc.co.uk/news/articles/c1.html, then bbc.co.uk/sport. \
+                Wiki: (https://en.wikipedia.org/wiki/Rust_(programming_language)) and \
+                HTTP://Example.COM:8080/x?y=1#z! Also github.io or blog.example.org:443.";
+    assert_eq!(
+        all(links(post)),
+        [
+            "https://www.bbc.co.uk/news/articles/c1.html",
+            "bbc.co.uk/sport",
+            "https://en.wikipedia.org/wiki/Rust_(programming_language)",
+            "HTTP://Example.COM:8080/x?y=1#z",
+            "github.io",
+            "blog.example.org:443",
+        ]
+    );
+    // Not links: file names, abbreviations, e-mail addresses, handles, versions, bare schemes.
+    let not = "see notes.txt and main.rs e.g. i.e. bob@example.com @alice.bsky.social v1.2.3 https:// 3.14";
+    assert_eq!(all(links(not)), Vec::<&str>::new());
+}
+
+#[test]
+fn host_of_urls_and_domains() {
+    assert_eq!(host_of("https://user:pw@Example.com:8443/p?q=1#f"), Some("Example.com"));
+    assert_eq!(host_of("http://bbc.co.uk"), Some("bbc.co.uk"));
+    assert_eq!(host_of("example.com/path"), Some("example.com"));
+    assert_eq!(host_of("example.com:8080"), Some("example.com"));
+    assert_eq!(host_of("//cdn.example.net/x.js"), Some("cdn.example.net"));
+    assert_eq!(host_of("https://example.com./"), Some("example.com."));
+    assert_eq!(host_of("https://[::1]:8080/"), Some("[::1]"));
+    assert_eq!(host_of("https://bsky.app?x"), Some("bsky.app"));
+    assert_eq!(host_of("at://alice.bsky.social/app.bsky.feed.post/3k"), Some("alice.bsky.social"));
+    assert_eq!(host_of("https:///path"), None);
+    assert_eq!(host_of(""), None);
+    assert_eq!(host_of("mailto:bob@example.com"), None);
+    assert_eq!(host_of("at://did:plc:abc123/app.bsky.feed.post/3k"), None);
+    assert_eq!(host_of("https://exa mple.com"), None);
+}
+
+#[test]
+fn registrable_domains() {
+    assert_eq!(registrable_domain("www.bbc.co.uk"), Some("bbc.co.uk"));
+    assert_eq!(registrable_domain("a.b.example.com"), Some("example.com"));
+    assert_eq!(registrable_domain("example.com"), Some("example.com"));
+    assert_eq!(registrable_domain("user.github.io"), Some("user.github.io"));
+    assert_eq!(registrable_domain("a.user.github.io"), Some("user.github.io"));
+    assert_eq!(registrable_domain("shop.example.com.au"), Some("example.com.au"));
+    assert_eq!(registrable_domain("x.city.kawasaki.jp"), Some("city.kawasaki.jp"));
+    assert_eq!(registrable_domain("evil.example"), Some("evil.example"));
+    assert_eq!(registrable_domain("www.example.com."), Some("example.com"));
+    assert_eq!(registrable_domain("WWW.BBC.CO.UK"), Some("BBC.CO.UK"));
+    assert_eq!(registrable_domain("localhost"), None);
+    assert_eq!(registrable_domain("github.io"), None);
+    assert_eq!(registrable_domain("co.uk"), None);
+    assert_eq!(registrable_domain("com"), None);
+    assert_eq!(registrable_domain("192.168.0.1"), None);
+    assert_eq!(registrable_domain("[::1]"), None);
+    assert_eq!(registrable_domain(""), None);
+    assert_eq!(registrable_domain("a..com"), None);
+}
+
+#[test]
+fn misleading_links() {
+    assert!(misleading_link("paypal.com", "https://evil.example/login"));
+    assert!(misleading_link("https://www.paypal.com/signin", "https://paypa1-secure.com/x"));
+    assert!(misleading_link("Log in at paypal.com", "https://evil.example/"));
+    assert!(misleading_link("paypal.com", "http://192.168.4.2/login"));
+    assert!(!misleading_link("bbc.co.uk/news", "https://www.bbc.co.uk/news/x"));
+    assert!(!misleading_link("BBC.co.uk", "https://www.bbc.CO.uk/"));
+    // Truncated display text, as Bluesky clients shorten long links.
+    assert!(!misleading_link("example.com/very/lo...", "https://example.com/very/long/path"));
+    assert!(misleading_link("example.com/very/lo...", "https://other.example/very/long/path"));
+    assert!(!misleading_link("click here", "https://evil.example/login"));
+    assert!(!misleading_link("my notes.txt", "https://evil.example/login"));
+    assert!(!misleading_link("", "https://evil.example/"));
+}
+
+// --- near duplicates ---------------------------------------------------------------------------
+
+const SPAM_A: &str = "Congratulations! You have been selected for our exclusive crypto giveaway. \
+                      Send 0.1 ETH to the wallet in our bio and receive 2 ETH back within one hour. \
+                      Only the first hundred people qualify, so act fast before it ends tonight";
+const SPAM_B: &str = "Congratulations! You have been chosen for our exclusive crypto giveaway. \
+                      Send 0.1 ETH to the wallet in our bio and receive 2 ETH back within one hour. \
+                      Only the first hundred people qualify, so act fast before it ends tonight";
+const SPAM_C: &str = "Congratulations!! You have been selected for our exclusive crypto giveaway. \
+                      Send 0.5 ETH to the wallet in my bio and receive 5 ETH back within one hour. \
+                      Only the first hundred people qualify, so act fast before it ends tonight";
+const OTHER_1: &str = "Spent the afternoon repotting the monstera and finally fixed the leaky \
+                       kitchen tap. Tomorrow I want to try that sourdough recipe everyone keeps \
+                       posting about, wish me luck with the starter";
+const OTHER_2: &str = "The council meeting about the new cycle lanes ran three hours late, and \
+                       most of the discussion was about parking rather than safety for children \
+                       walking to the primary school on the hill";
+
+fn sim(s: &str) -> u64 {
+    simhash(&norm(s))
+}
+
+#[test]
+fn simhash_is_stable_and_close_for_near_duplicates() {
+    assert_eq!(simhash(""), 0);
+    assert_eq!(simhash("!!! ..."), 0);
+    assert_ne!(simhash("hello"), 0);
+    assert_eq!(sim(SPAM_A), sim(SPAM_A));
+    // Case, invisible characters, confusables and punctuation do not change it at all.
+    assert_eq!(sim(SPAM_A), sim(&SPAM_A.to_uppercase().replace("giveaway", "give\u{200B}away")));
+    assert_eq!(sim(SPAM_A), sim(&SPAM_A.replace("crypto", "сrурtо").replace('!', "!!!")));
+    for near in [SPAM_B, SPAM_C] {
+        let d = hamming(sim(SPAM_A), sim(near));
+        assert!(d < 10, "near duplicate at distance {d}");
+    }
+    for (x, y) in [(SPAM_A, OTHER_1), (SPAM_A, OTHER_2), (OTHER_1, OTHER_2), (SPAM_C, OTHER_1)] {
+        let d = hamming(sim(x), sim(y));
+        assert!(d > 15, "unrelated texts at distance {d}");
+    }
+}
+
+#[test]
+fn hamming_counts_bits() {
+    assert_eq!(hamming(0, 0), 0);
+    assert_eq!(hamming(0b1011, 0b0001), 2);
+    assert_eq!(hamming(0, u64::MAX), 64);
+}
+
+fn fp(s: &str) -> u64 {
+    fingerprint(&norm(s))
+}
+
+#[test]
+fn fingerprint_ignores_surface_variation() {
+    let base = fp("Claim your FREE airdrop now, limited spots");
+    assert_ne!(base, 0);
+    for variant in [
+        "claim your free airdrop now limited spots",
+        "Claim your fr\u{200B}ee air\u{00AD}drop now — limited spots!!!",
+        "ᏟLAIM your ＦＲＥＥ аirdrop now, limited spots 🚀🚀",
+        "Claim   your FR33 airdrop now,\nlimited spots",
+        "Claim your FREE airdrop now, limited spots https://scam.example.com/a?ref=1",
+        "Claim your FREE airdrop now, limited spots claim-airdrop.xyz/x @victim.bsky.social",
+        "@target.bsky.social Claim your FREE airdrop now, limited spots #2",
+    ] {
+        assert_eq!(fp(variant), base, "{variant}");
+    }
+    assert_ne!(fp("Claim your FREE airdrop today, limited spots"), base);
+    assert_ne!(fp("limited spots: claim your FREE airdrop now"), base);
+    assert_ne!(fp("Good morning everyone"), base);
+    assert_eq!(fp(""), 0);
+    assert_eq!(fp("https://example.com/x @alice.bsky.social 12345"), 0);
+}
