@@ -99,6 +99,24 @@ fn age<'a>(f: &Frame<'a>, since: Option<i64>) -> Val<'a> {
     since.map_or(Val::Missing, |t| Val::Dur(f.input.now - t))
 }
 
+fn interacts_with<'a>(f: &Frame<'a>) -> &'a [&'a str] {
+    let Some(post) = f.post() else { return &[] };
+    let reply = post.reply();
+    let parents = reply
+        .iter()
+        .flat_map(|r| [r.parent, r.root])
+        .flatten()
+        .filter_map(did_of);
+    let quote = post.embed().and_then(|e| e.quoted_uri()).and_then(did_of);
+    let mut v = bumpalo::collections::Vec::new_in(f.bump);
+    for did in parents.chain(quote).chain(f.facet_mentions().iter().copied()) {
+        if did != f.input.event.did && !v.contains(&did) {
+            v.push(did);
+        }
+    }
+    v.into_bump_slice()
+}
+
 fn simhash_bands<'a>(f: &Frame<'a>) -> &'a [&'a str] {
     let h = crate::text::simhash(f.normalized());
     if h == 0 {
@@ -220,6 +238,8 @@ fields! {
         }));
     "record.post.mentions": List = "DIDs mentioned through facets, de-duplicated"
         => |f| Val::List(f.facet_mentions());
+    "record.post.interacts_with": List = "DIDs the post replies to (parent and root authors), quotes or mentions, de-duplicated, without the author"
+        => |f| Val::List(interacts_with(f));
     "record.post.links": List = "link facet targets and the link card URI"
         => |f| Val::List(f.facet_links());
 
