@@ -270,13 +270,24 @@ type R<T> = Result<T, CompileError>;
 
 const MAX_NESTING: usize = crate::frame::MAX_LOCALS;
 
+/// A compiled expression with its type and the leaf reads it makes.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// The expression.
+    pub node: Node,
+    /// Its type.
+    pub ty: Ty,
+    /// Fields and counters it reads, with their source text (for explanations).
+    pub observed: Vec<(String, Node)>,
+}
+
 /// Parses and compiles `source`, expecting a value of type `want` (if given).
 pub fn compile(
     source: &str,
     scope: &Scope,
     regexes: &mut RegexTable,
     want: Option<Ty>,
-) -> Result<(Node, Ty, Vec<(String, Node)>), Vec<CompileError>> {
+) -> Result<Compiled, Vec<CompileError>> {
     let parsed = cel::parser::Parser::new().parse_with_source_info(source);
     let (expr, info) = match parsed {
         Ok(ok) => ok,
@@ -315,7 +326,11 @@ pub fn compile(
                 .then(|| "a condition must be true or false, e.g. `x > 3` or `has(x)`".to_string()),
         }]);
     }
-    Ok((node, ty, c.observed))
+    Ok(Compiled {
+        node,
+        ty,
+        observed: c.observed,
+    })
 }
 
 fn line_col_to_offset(source: &str, line: isize, col: isize) -> usize {

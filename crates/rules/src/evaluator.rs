@@ -8,7 +8,7 @@ use crate::eval::{Cx, key_hash, value_hash};
 use crate::frame::{Frame, Scratch};
 use crate::input::Input;
 use crate::ruleset::{Ruleset, TargetKind, Template, TemplatePart, VerbTemplate};
-use crate::value::Val;
+use crate::value::{Owned, Val};
 
 /// One rule that fired on one unit.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,6 +104,38 @@ impl Evaluator {
         }
         rules.len()
     }
+}
+
+/// Compiles one expression against a ruleset's declarations (constants, lists, counters) and
+/// evaluates it on one unit, without touching counters (counter reads are missing). For
+/// playgrounds and for checking the compiler against other evaluators.
+pub fn evaluate_expression(
+    ruleset: &Ruleset,
+    source: &str,
+    input: Input<'_>,
+) -> Result<Owned, Vec<crate::compile::CompileError>> {
+    let scope = crate::compile::Scope {
+        constants: ruleset.constants.clone().into_iter().collect(),
+        counters: Vec::new(),
+        lists: ruleset.lists.names().to_vec(),
+        counters_allowed: false,
+    };
+    let mut regexes = crate::compile::RegexTable::default();
+    let compiled = crate::compile::compile(source, &scope, &mut regexes, None)?;
+    let set = if regexes.patterns.is_empty() {
+        None
+    } else {
+        regex::RegexSet::new(&regexes.patterns).ok()
+    };
+    let scratch = Scratch::default();
+    let frame = Frame::new(input, &scratch, &ruleset.lists, 0);
+    let cx = Cx {
+        frame: &frame,
+        regexes: set.as_ref(),
+        counter_keys: &[],
+        store: None,
+    };
+    Ok(cx.eval(&compiled.node).to_owned_value())
 }
 
 fn render<'a>(t: &'a Template, cx: &Cx<'_, 'a>) -> String {

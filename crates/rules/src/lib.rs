@@ -32,7 +32,7 @@ pub mod text;
 pub mod value;
 pub mod vocab;
 
-pub use evaluator::{Evaluator, Firing};
+pub use evaluator::{Evaluator, Firing, evaluate_expression};
 pub use input::{Account, Input};
 pub use ruleset::{Diagnostic, Ruleset};
 

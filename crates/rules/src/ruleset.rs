@@ -3,7 +3,7 @@
 
 use crate::Mode;
 use crate::action::resolve_reason;
-use crate::compile::{self, CompileError, CounterSig, Lit, Node, RegexTable, Scope};
+use crate::compile::{self, CompileError, Compiled, CounterSig, Lit, Node, RegexTable, Scope};
 use crate::counter::{CounterSpec, Window, WindowSet};
 use crate::input::Subject;
 use crate::lists::{ListSource, Lists};
@@ -575,7 +575,7 @@ impl Ctx<'_> {
         scope: &Scope,
         regexes: &mut RegexTable,
         want: Option<Ty>,
-    ) -> Option<(Node, Ty, Vec<(String, Node)>)> {
+    ) -> Option<Compiled> {
         match compile::compile(s.get_ref(), scope, regexes, want) {
             Ok(ok) => Some(ok),
             Err(errors) => {
@@ -628,10 +628,10 @@ impl Ctx<'_> {
             };
             let inner = &rest[open + 2..open + close];
             match compile::compile(inner, scope, regexes, None) {
-                Ok((node, ty, _)) if !matches!(ty, Ty::Object | Ty::NamedList) => {
-                    parts.push(TemplatePart::Hole(node));
+                Ok(c) if !matches!(c.ty, Ty::Object | Ty::NamedList) => {
+                    parts.push(TemplatePart::Hole(c.node));
                 }
-                Ok((_, ty, _)) => self.at(
+                Ok(Compiled { ty, .. }) => self.at(
                     if exact { base + pos + open + 2 } else { base },
                     format!("a {ty} cannot be written into text"),
                     None,
@@ -943,10 +943,10 @@ impl Ruleset {
                 let on = cx.selectors(&c.on);
                 let when = c.when.as_ref().and_then(|w| {
                     cx.expr(w, &scope, &mut regexes, Some(Ty::Bool))
-                        .map(|x| x.0)
+                        .map(|x| x.node)
                 });
                 let key = cx.expr(&c.key, &scope, &mut regexes, None);
-                if let Some((_, ty, _)) = &key {
+                if let Some(Compiled { ty, .. }) = &key {
                     match ty {
                         Ty::String => {}
                         Ty::List => {
@@ -971,18 +971,18 @@ impl Ruleset {
                 }
                 let distinct = c.distinct.as_ref().and_then(|d| {
                     let out = cx.expr(d, &scope, &mut regexes, None)?;
-                    if !matches!(out.1, Ty::String | Ty::List) {
+                    if !matches!(out.ty, Ty::String | Ty::List) {
                         cx.at(
                             cx.string_base(d).0,
                             format!(
                                 "distinct values must be a string or a list of strings, found {}",
-                                out.1
+                                out.ty
                             ),
                             None,
                         );
                         return None;
                     }
-                    Some(out.0)
+                    Some(out.node)
                 });
                 let mut windows = WindowSet::empty();
                 for w in c.windows.get_ref() {
@@ -1017,7 +1017,7 @@ impl Ruleset {
                     None => parse_duration(DEFAULT_RETENTION).expect("valid default"),
                 };
                 let location = cx.location(counter.span().start);
-                counter_keys.push(key.map_or(Node::Lit(Lit::Bool(false)), |k| k.0));
+                counter_keys.push(key.map_or(Node::Lit(Lit::Bool(false)), |k| k.node));
                 counters.push(Counter {
                     name: c.name.get_ref().clone(),
                     description: c.description.clone(),
@@ -1082,7 +1082,12 @@ impl Ruleset {
                 for t in &r.test {
                     tests_docs.push((index, *file, t));
                 }
-                if let Some((when, _, observed)) = when {
+                if let Some(Compiled {
+                    node: when,
+                    observed,
+                    ..
+                }) = when
+                {
                     rules.push(Rule {
                         name: r.name.get_ref().clone(),
                         description: r.description.clone(),

@@ -111,6 +111,43 @@ impl<'a> Val<'a> {
     }
 }
 
+/// A value that owns its data: what [`crate::evaluator::evaluate_expression`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Owned {
+    /// Missing.
+    Missing,
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A string.
+    Str(String),
+    /// A timestamp (µs).
+    Time(i64),
+    /// A duration (µs).
+    Dur(i64),
+    /// A list of strings.
+    List(Vec<String>),
+}
+
+impl Val<'_> {
+    /// Copies the value out of the arena.
+    pub fn to_owned_value(&self) -> Owned {
+        match *self {
+            Val::Missing => Owned::Missing,
+            Val::Bool(b) => Owned::Bool(b),
+            Val::Int(i) => Owned::Int(i),
+            Val::Float(x) => Owned::Float(x),
+            Val::Str(s) => Owned::Str(s.to_string()),
+            Val::Time(t) => Owned::Time(t),
+            Val::Dur(d) => Owned::Dur(d),
+            Val::List(l) => Owned::List(l.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+}
+
 impl fmt::Display for Val<'_> {
     /// The value as an analyst reads it in explanations and comments.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

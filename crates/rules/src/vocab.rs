@@ -124,7 +124,7 @@ fn simhash_bands<'a>(f: &Frame<'a>) -> &'a [&'a str] {
     }
     f.list((0..4u32).map(|band| {
         let bits = (h >> (band * 16)) & 0xffff;
-        &*bumpalo::format!(in f.bump, "{}:{:04x}", band, bits).into_bump_str()
+        bumpalo::format!(in f.bump, "{}:{:04x}", band, bits).into_bump_str() as &str
     }))
 }
 

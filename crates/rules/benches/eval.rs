@@ -1,0 +1,213 @@
+//! Evaluation of the default ruleset (`rules/`) on a realistic mix of decoded events: mostly
+//! likes, follows and reposts, about 15 % posts (replies, mentions, links, hashtags), some
+//! profile updates, deletes, blocks and identity events, from 5,000 accounts of mixed ages.
+//! Decoding is excluded: events are built once, then evaluated with in-memory counters.
+//!
+//! Prints events/s on one core and heap allocations per event (a counting allocator wraps the
+//! system one), then runs the criterion measurement.
+//!
+//! Run: `cargo bench -p skywarden-rules --bench eval`
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use skywarden_atproto::data::json_to_ipld;
+use skywarden_atproto::event::{Action, Event, EventBody};
+use skywarden_rules::counter::MemoryCounters;
+use skywarden_rules::testing::record_event;
+use skywarden_rules::{Account, Evaluator, Input, Ruleset};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const ACCOUNTS: u64 = 5_000;
+const EVENTS: usize = 20_000;
+const T0: i64 = 1_717_243_200_000_000;
+const CID: &str = "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm";
+
+/// A small deterministic generator (xorshift), so every run evaluates the same events.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const WORDS: &[&str] = &[
+    "the", "morning", "light", "over", "harbour", "birds", "coffee", "great", "thread", "about",
+    "tern", "migration", "photo", "café", "über", "really", "agree", "this", "new", "paper",
+];
+
+fn did(i: u64) -> String {
+    format!("did:plc:bench{i:019}")
+}
+
+fn post_text(rng: &mut Rng) -> String {
+    let n = 3 + rng.below(20);
+    let mut words: Vec<&str> = (0..n).map(|_| WORDS[rng.below(WORDS.len() as u64) as usize]).collect();
+    if rng.below(5) == 0 {
+        words.push("#birds");
+    }
+    if rng.below(6) == 0 {
+        words.push("https://example.com/article");
+    }
+    words.join(" ")
+}
+
+fn mix() -> Vec<(Event, Account)> {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let accounts: Vec<Account> = (0..ACCOUNTS)
+        .map(|i| Account {
+            handle: Some(format!("user{i}.bsky.social")),
+            created_at: (i % 10 != 0).then(|| T0 - (i as i64 % 700) * 86_400_000_000),
+            followers: Some((i % 500) as i64),
+            ..Account::default()
+        })
+        .collect();
+    let mut out = Vec::with_capacity(EVENTS);
+    for n in 0..EVENTS {
+        let a = rng.below(ACCOUNTS);
+        let author = did(a);
+        let target = did(rng.below(ACCOUNTS));
+        let t = T0 + n as i64 * 10_000; // 100 events/s of event time
+        let rkey = format!("3k{:011}", n);
+        let subject = serde_json::json!({"uri": format!("at://{target}/app.bsky.feed.post/3kfxt2dprhx22"), "cid": CID});
+        let roll = rng.below(100);
+        let (collection, action, record) = match roll {
+            0..=34 => ("app.bsky.feed.like", Action::Create, Some(serde_json::json!({"subject": subject}))),
+            35..=54 => ("app.bsky.graph.follow", Action::Create, Some(serde_json::json!({"subject": target}))),
+            55..=69 => ("app.bsky.feed.repost", Action::Create, Some(serde_json::json!({"subject": subject}))),
+            70..=84 => {
+                let mut post = serde_json::json!({"text": post_text(&mut rng), "langs": ["en"]});
+                if rng.below(3) == 0 {
+                    post["reply"] = serde_json::json!({"parent": subject, "root": subject});
+                }
+                if rng.below(8) == 0 {
+                    post["facets"] = serde_json::json!([{"index": {"byteStart": 0, "byteEnd": 3},
+                        "features": [{"$type": "app.bsky.richtext.facet#mention", "did": target}]}]);
+                }
+                ("app.bsky.feed.post", Action::Create, Some(post))
+            }
+            85..=88 => ("app.bsky.graph.block", Action::Create, Some(serde_json::json!({"subject": target}))),
+            89..=91 => (
+                "app.bsky.actor.profile",
+                Action::Update,
+                Some(serde_json::json!({"displayName": format!("User {a}"), "description": post_text(&mut rng)})),
+            ),
+            92..=94 => ("app.bsky.feed.like", Action::Delete, None),
+            95..=97 => ("app.bsky.graph.follow", Action::Delete, None),
+            _ => {
+                let event = Event {
+                    cursor: n as i64,
+                    did: author,
+                    time: "2024-06-01T12:00:00Z".into(),
+                    body: EventBody::Identity {
+                        handle: Some(format!("user{a}.bsky.social")),
+                    },
+                };
+                out.push((event, accounts[a as usize].clone()));
+                continue;
+            }
+        };
+        let record = record.map(|mut r| {
+            r["$type"] = collection.into();
+            r["createdAt"] = "2024-06-01T12:00:00Z".into();
+            json_to_ipld(&r).expect("valid record")
+        });
+        let event = record_event(&author, t, action, collection, &rkey, record);
+        out.push((event, accounts[a as usize].clone()));
+    }
+    out
+}
+
+fn load() -> Ruleset {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rules");
+    Ruleset::load_dir(&dir).unwrap_or_else(|d| panic!("{d:?}"))
+}
+
+fn run_once(rs: &Ruleset, events: &[(Event, Account)], eval: &mut Evaluator, counters: &mut MemoryCounters) -> usize {
+    let mut fired = 0;
+    let mut out = Vec::new();
+    for (i, (event, account)) in events.iter().enumerate() {
+        let now = T0 + i as i64 * 10_000;
+        for input in Input::units(event, account, now) {
+            out.clear();
+            eval.evaluate(rs, input, counters, &mut out);
+            fired += out.len();
+        }
+    }
+    fired
+}
+
+fn bench(c: &mut Criterion) {
+    let rs = load();
+    let events = mix();
+    let posts = events
+        .iter()
+        .filter(|(e, _)| matches!(&e.body, EventBody::Commit(c) if c.ops[0].collection == "app.bsky.feed.post"))
+        .count();
+    let mut eval = Evaluator::new();
+    let mut counters = MemoryCounters::new(rs.counters.iter().map(|c| c.spec.clone()).collect());
+    // Warm up: arenas and counter maps reach their steady size.
+    run_once(&rs, &events, &mut eval, &mut counters);
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let rounds = 5;
+    let mut fired = 0;
+    for _ in 0..rounds {
+        fired += run_once(&rs, &events, &mut eval, &mut counters);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let n = (EVENTS * rounds) as f64;
+    println!(
+        "default ruleset ({} rules, {} counters), {EVENTS} events ({:.1} % posts), {} accounts:",
+        rs.rules.len(),
+        rs.counters.len(),
+        100.0 * posts as f64 / EVENTS as f64,
+        ACCOUNTS
+    );
+    println!(
+        "  {:.0} events/s on one core, {:.2} heap allocations per event, {:.3} firings per event",
+        n / elapsed,
+        allocations as f64 / n,
+        fired as f64 / n
+    );
+    let mut group = c.benchmark_group("evaluate");
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    group.sample_size(20);
+    group.bench_function("default ruleset, mixed events", |b| {
+        b.iter(|| run_once(&rs, &events, &mut eval, &mut counters));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
