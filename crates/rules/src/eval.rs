@@ -217,7 +217,7 @@ impl<'a> Cx<'_, 'a> {
                     Val::Str(s)
                 }
             }
-            (Builtin::Normalize, Val::Str(s)) => Val::Str(if std::ptr::eq(s, f.text()) {
+            (Builtin::Normalize, Val::Str(s)) => Val::Str(if f.is_text(s) {
                 f.normalized()
             } else {
                 f.normalize(s)

@@ -153,6 +153,12 @@ impl<'a> Frame<'a> {
         })
     }
 
+    /// Whether `s` is `text.raw` itself (whose normalised form is cached), without computing
+    /// the text when no rule asked for it.
+    pub fn is_text(&self, s: &str) -> bool {
+        self.text.get().is_some_and(|t| std::ptr::eq(s, *t))
+    }
+
     /// The normalised form of `s`, in the arena.
     pub fn normalize(&self, s: &str) -> &'a str {
         let mut buf = self.buf.borrow_mut();
@@ -331,7 +337,7 @@ impl<'a> Frame<'a> {
         {
             return (hit.2, hit.3);
         }
-        let normalized = if std::ptr::eq(s, self.text()) {
+        let normalized = if self.is_text(s) {
             self.normalized()
         } else {
             self.normalize(s)

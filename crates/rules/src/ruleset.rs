@@ -307,10 +307,28 @@ pub enum ListOrigin {
     Inline(Vec<String>),
 }
 
+/// FNV-1a: collection names are short, trusted-shape keys, where SipHash's cost shows.
+#[derive(Default, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
 /// Rule and counter indexes per kind of unit: routing costs one hash lookup per unit.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
-    by_collection: HashMap<String, [Vec<usize>; 3]>,
+    by_collection: HashMap<String, [Vec<usize>; 3], std::hash::BuildHasherDefault<Fnv>>,
     any_record: [Vec<usize>; 3],
     identity: Vec<usize>,
     account: Vec<usize>,

@@ -573,6 +573,10 @@ fn link_at(s: &str) -> Option<usize> {
     {
         return host_of(chunk).map(|_| chunk.len());
     }
+    // A bare domain has a dot: most words are ruled out here, before any parsing.
+    if !chunk.contains('.') {
+        return None;
+    }
     let host_len = chunk
         .find(|c: char| !(is_word_char(c) || c == '.' || c == '-'))
         .unwrap_or(chunk.len());

@@ -359,7 +359,7 @@ fields! {
             0 => Val::Missing,
             fp => s(bumpalo::format!(in f.bump, "{:016x}", fp).into_bump_str()),
         };
-    "text.simhash_bands": List = "the SimHash cut into four 16-bit bands (`0:1a2b`, `1:...`): near-duplicate texts share at least one band, so a counter keyed by the bands counts near-duplicates"
+    "text.simhash_bands": List = "the SimHash cut into four 16-bit bands (`0:1a2b`, `1:...`): texts whose SimHashes differ in 3 bits or fewer always share a band, and most light edits do, so a counter keyed by the bands counts near-duplicates"
         => |f| Val::List(simhash_bands(f));
     "text.simhash": Int ?o = "64-bit SimHash of the normalised text, for near-duplicate comparison with `hamming()`"
         => |f| match crate::text::simhash(f.normalized()) {
