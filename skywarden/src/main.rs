@@ -121,6 +121,9 @@ struct SourceChoice {
     /// A recorded archive (skywarden's format, or plain [u32le length][frame] recordings).
     #[arg(long, value_name = "FILE", group = "input")]
     archive: Option<PathBuf>,
+    /// JSON lines of events, as printed by `skywarden ingest --records` (`rules run` only).
+    #[arg(long, value_name = "FILE", group = "input")]
+    events: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -142,6 +145,11 @@ pub struct SourceArgs {
 }
 
 impl SourceArgs {
+    /// The JSON-lines event file, if that is the chosen input.
+    pub fn events_file(&self) -> Option<&std::path::Path> {
+        self.choice.events.as_deref()
+    }
+
     pub fn open(&self) -> Result<Source, SourceError> {
         let config = SourceConfig {
             cursor: self.cursor,
@@ -164,6 +172,10 @@ impl SourceArgs {
             )
         } else if let Some(path) = &c.archive {
             Source::archive(path, config)
+        } else if c.events.is_some() {
+            Err(SourceError::Config(
+                "--events is only read by `skywarden rules run`".into(),
+            ))
         } else {
             Err(SourceError::Config(
                 "choose a source: --relay, --jetstream or --archive".into(),

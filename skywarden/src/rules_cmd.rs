@@ -40,6 +40,8 @@ pub enum RulesCommand {
     ///
     /// Example:
     ///   skywarden rules run rules/ --archive testdata/firehose/pds-recording.skwa
+    ///   skywarden ingest --relay wss://bsky.network --records --limit 100000 > sample.jsonl
+    ///   skywarden rules run my-rules/ --events sample.jsonl
     #[command(verbatim_doc_comment)]
     Run {
         /// The ruleset directory (default: the built-in ruleset).
@@ -63,13 +65,11 @@ fn load(dir: Option<&Path>) -> Result<Ruleset, String> {
         None => default_rules::load(),
     };
     result.map_err(|diags| {
+        for d in &diags {
+            eprintln!("{d}");
+        }
         let n = diags.len();
-        let text: Vec<String> = diags.iter().map(ToString::to_string).collect();
-        format!(
-            "{}\n{n} error{} in the ruleset",
-            text.join("\n"),
-            if n == 1 { "" } else { "s" }
-        )
+        format!("{n} error{} in the ruleset", if n == 1 { "" } else { "s" })
     })
 }
 
@@ -158,6 +158,13 @@ fn test(dir: Option<&Path>, verbose: bool) -> Result<(), String> {
     }
 }
 
+/// Where a backtest's events come from.
+enum Feed {
+    Source(Box<skywarden_ingest::Source>),
+    /// Events with the enrichment their lines carried, if any.
+    Lines(std::vec::IntoIter<(skywarden_atproto::event::Event, Option<Account>)>),
+}
+
 #[derive(Default)]
 struct RuleStats {
     fired: u64,
@@ -172,7 +179,23 @@ async fn backtest(
     limit: Option<u64>,
 ) -> Result<(), String> {
     let rs = load(dir)?;
-    let mut source = args.open().map_err(|e| e.to_string())?;
+    let mut feed = match args.events_file() {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let mut events = Vec::new();
+            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let value: serde_json::Value = serde_json::from_str(line)
+                    .map_err(|e| format!("{}:{}: not JSON: {e}", path.display(), i + 1))?;
+                let at = |e: String| format!("{}:{}: {e}", path.display(), i + 1);
+                let event = testing::event_from_json(&value).map_err(at)?;
+                let account = testing::account_from_json(&value).map_err(at)?;
+                events.push((event, account));
+            }
+            Feed::Lines(events.into_iter())
+        }
+        None => Feed::Source(Box::new(args.open().map_err(|e| e.to_string())?)),
+    };
     let mut evaluator = Evaluator::new();
     let mut counters = MemoryCounters::new(rs.counters.iter().map(|c| c.spec.clone()).collect());
     let mut seen: HashMap<String, Account> = HashMap::new();
@@ -184,7 +207,15 @@ async fn backtest(
     let started = Instant::now();
     let mut eval_time = std::time::Duration::ZERO;
     while limit.is_none_or(|l| events < l) {
-        let Some(event) = source.next_event().await.map_err(|e| e.to_string())? else {
+        let next = match &mut feed {
+            Feed::Source(source) => source
+                .next_event()
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|e| (e, None)),
+            Feed::Lines(events) => events.next(),
+        };
+        let Some((event, known)) = next else {
             break;
         };
         events += 1;
@@ -196,6 +227,14 @@ async fn backtest(
             first_event: true,
             ..Account::default()
         });
+        if let Some(known) = known {
+            // What the line says about the account wins; first-seen tracking stays ours.
+            *account = Account {
+                first_seen: account.first_seen,
+                first_event: account.first_event,
+                ..known
+            };
+        }
         if let skywarden_atproto::event::EventBody::Identity { handle: Some(h) } = &event.body {
             account.handle = Some(h.clone());
         }
@@ -218,13 +257,34 @@ async fn backtest(
                 *s.actions.entry(a.verb.name()).or_default() += 1;
             }
             if !summary_only {
+                // One line per firing: the explanation once, then each action's verb and subject.
+                let actions: Vec<serde_json::Value> = f
+                    .actions
+                    .iter()
+                    .map(|a| {
+                        let mut j = a.to_json();
+                        if let Some(o) = j.as_object_mut() {
+                            for key in ["rule", "rulesetVersion", "mode", "explanation"] {
+                                o.remove(key);
+                            }
+                        }
+                        j
+                    })
+                    .collect();
+                let explanation: serde_json::Map<String, serde_json::Value> = f
+                    .explanation
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone().into()))
+                    .collect();
                 let line = serde_json::json!({
                     "cursor": event.cursor,
                     "time": event.time,
                     "did": event.did,
                     "rule": f.rule_name,
                     "mode": f.mode.as_str(),
-                    "actions": f.actions.iter().map(|a| a.to_json()).collect::<Vec<_>>(),
+                    "rulesetVersion": rs.version,
+                    "explanation": explanation,
+                    "actions": actions,
                 });
                 if writeln!(out, "{line}").is_err() {
                     return Ok(());

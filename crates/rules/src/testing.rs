@@ -476,9 +476,11 @@ pub fn fixture_events(fixture: &Fixture, text: &str) -> Result<Vec<(Event, Accou
             .map(|(i, l)| {
                 let v: serde_json::Value =
                     serde_json::from_str(l).map_err(|e| format!("line {}: {e}", i + 1))?;
-                event_from_json(&v)
-                    .map(|e| (e, fixture.account.clone()))
-                    .map_err(|m| format!("line {}: {m}", i + 1))
+                let event = event_from_json(&v).map_err(|m| format!("line {}: {m}", i + 1))?;
+                let account = account_from_json(&v)
+                    .map_err(|m| format!("line {}: {m}", i + 1))?
+                    .unwrap_or_else(|| fixture.account.clone());
+                Ok((event, account))
             })
             .collect(),
     }
@@ -548,6 +550,46 @@ pub fn capture_events(text: &str, base: &Account) -> Result<Vec<(Event, Account)
     }
     out.extend(posts.into_iter().map(|(_, e)| (e, account.clone())));
     Ok(out)
+}
+
+/// Reads the optional `account` object of an event line: what enrichment knew about the author
+/// (`handle`, `pdsHost`, `createdAt`, `firstSeen`, `followers`, `follows`, `posts`, `labels`,
+/// `tags`, `followedBy`). Lines without one give `None`.
+pub fn account_from_json(v: &serde_json::Value) -> Result<Option<Account>, String> {
+    let Some(a) = v.get("account").filter(|a| a.is_object()) else {
+        return Ok(None);
+    };
+    let time = |key: &str| -> Result<Option<i64>, String> {
+        a[key]
+            .as_str()
+            .map(|s| {
+                Datetime::new(s)
+                    .map(|d| d.timestamp_micros())
+                    .map_err(|e| format!("account.{key}: {e}"))
+            })
+            .transpose()
+    };
+    let strings = |key: &str| -> Vec<String> {
+        a[key]
+            .as_array()
+            .map(|l| l.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    };
+    Ok(Some(Account {
+        handle: a["handle"].as_str().map(str::to_string),
+        pds_host: a["pdsHost"].as_str().map(str::to_string),
+        created_at: time("createdAt")?,
+        first_seen: time("firstSeen")?,
+        first_event: false,
+        posts: a["posts"].as_i64(),
+        followers: a["followers"].as_i64(),
+        follows: a["follows"].as_i64(),
+        labels: strings("labels"),
+        tags: strings("tags"),
+        followed_by: a["followedBy"]
+            .as_array()
+            .map(|l| l.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()),
+    }))
 }
 
 /// Parses one event as printed by `skywarden ingest --records`.
