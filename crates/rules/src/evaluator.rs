@@ -31,6 +31,8 @@ pub struct Evaluator {
     scratch: Scratch,
     /// Evaluate `off` rules too (for `rules test`).
     pub include_off: bool,
+    /// Units whose evaluation panicked (a bug): they are skipped, the stream goes on.
+    pub failed_units: u64,
 }
 
 impl Evaluator {
@@ -43,6 +45,28 @@ impl Evaluator {
     /// apply, appending one [`Firing`] per rule that fired to `out`. Returns the number of rules
     /// evaluated. Allocates only for rules that fire.
     pub fn evaluate(
+        &mut self,
+        ruleset: &Ruleset,
+        input: Input<'_>,
+        counters: &mut dyn CounterStore,
+        out: &mut Vec<Firing>,
+    ) -> usize {
+        let before = out.len();
+        // A bug in a feature must cost one unit, not the service: contain it and go on.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.evaluate_unit(ruleset, input, counters, out)
+        }));
+        match result {
+            Ok(n) => n,
+            Err(_) => {
+                out.truncate(before);
+                self.failed_units += 1;
+                0
+            }
+        }
+    }
+
+    fn evaluate_unit(
         &mut self,
         ruleset: &Ruleset,
         input: Input<'_>,
