@@ -300,6 +300,13 @@ async fn backtest(
         rs.version,
         units as f64 / eval_time.as_secs_f64().max(1e-9)
     );
+    if evaluator.failed_units > 0 {
+        eprintln!(
+            "warning: {} units could not be evaluated (an internal error, reported above); \
+             they were skipped",
+            evaluator.failed_units
+        );
+    }
     eprintln!(
         "{:<36} {:>7} {:>8} {:>8}  actions",
         "rule", "mode", "fired", "accounts"
