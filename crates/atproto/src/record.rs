@@ -341,35 +341,46 @@ impl<'a> Post<'a> {
         list_of(self.0, "facets")
             .iter()
             .filter_map(|f| {
-                let Ipld::Map(f) = f else { return None };
-                let index = map_of(f, "index")?;
-                let features = list_of(f, "features")
-                    .iter()
-                    .filter_map(|feat| {
-                        let Ipld::Map(feat) = feat else { return None };
-                        let kind = str_of(feat, "$type").unwrap_or("");
-                        Some(match kind {
-                            "app.bsky.richtext.facet#mention" => {
-                                FacetFeature::Mention(str_of(feat, "did")?)
-                            }
-                            "app.bsky.richtext.facet#link" => {
-                                FacetFeature::Link(str_of(feat, "uri")?)
-                            }
-                            "app.bsky.richtext.facet#tag" => {
-                                FacetFeature::Tag(str_of(feat, "tag")?)
-                            }
-                            other => FacetFeature::Other(other),
-                        })
-                    })
-                    .collect();
+                let (byte_start, byte_end, features) = facet_parts(f)?;
                 Some(Facet {
-                    byte_start: int_of(index, "byteStart")?,
-                    byte_end: int_of(index, "byteEnd")?,
-                    features,
+                    byte_start,
+                    byte_end,
+                    features: features.collect(),
                 })
             })
             .collect()
     }
+
+    /// Every feature of every well-formed facet with its byte range, without allocating:
+    /// `(byte_start, byte_end, feature)`.
+    pub fn facet_features(&self) -> impl Iterator<Item = (i64, i64, FacetFeature<'a>)> + use<'a> {
+        list_of(self.0, "facets").iter().flat_map(|f| {
+            facet_parts(f)
+                .into_iter()
+                .flat_map(|(start, end, features)| features.map(move |feat| (start, end, feat)))
+        })
+    }
+}
+
+/// A facet's byte range and its features, if the facet is well-formed.
+fn facet_parts(f: &Ipld) -> Option<(i64, i64, impl Iterator<Item = FacetFeature<'_>> + use<'_>)> {
+    let Ipld::Map(f) = f else { return None };
+    let index = map_of(f, "index")?;
+    let features = list_of(f, "features").iter().filter_map(|feat| {
+        let Ipld::Map(feat) = feat else { return None };
+        let kind = str_of(feat, "$type").unwrap_or("");
+        Some(match kind {
+            "app.bsky.richtext.facet#mention" => FacetFeature::Mention(str_of(feat, "did")?),
+            "app.bsky.richtext.facet#link" => FacetFeature::Link(str_of(feat, "uri")?),
+            "app.bsky.richtext.facet#tag" => FacetFeature::Tag(str_of(feat, "tag")?),
+            other => FacetFeature::Other(other),
+        })
+    });
+    Some((
+        int_of(index, "byteStart")?,
+        int_of(index, "byteEnd")?,
+        features,
+    ))
 }
 
 /// A view of an `app.bsky.actor.profile` record.

@@ -61,8 +61,26 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "the", "morning", "light", "over", "harbour", "birds", "coffee", "great", "thread", "about",
-    "tern", "migration", "photo", "café", "über", "really", "agree", "this", "new", "paper",
+    "the",
+    "morning",
+    "light",
+    "over",
+    "harbour",
+    "birds",
+    "coffee",
+    "great",
+    "thread",
+    "about",
+    "tern",
+    "migration",
+    "photo",
+    "café",
+    "über",
+    "really",
+    "agree",
+    "this",
+    "new",
+    "paper",
 ];
 
 fn did(i: u64) -> String {
@@ -71,7 +89,9 @@ fn did(i: u64) -> String {
 
 fn post_text(rng: &mut Rng) -> String {
     let n = 3 + rng.below(20);
-    let mut words: Vec<&str> = (0..n).map(|_| WORDS[rng.below(WORDS.len() as u64) as usize]).collect();
+    let mut words: Vec<&str> = (0..n)
+        .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
+        .collect();
     if rng.below(5) == 0 {
         words.push("#birds");
     }
@@ -101,9 +121,21 @@ fn mix() -> Vec<(Event, Account)> {
         let subject = serde_json::json!({"uri": format!("at://{target}/app.bsky.feed.post/3kfxt2dprhx22"), "cid": CID});
         let roll = rng.below(100);
         let (collection, action, record) = match roll {
-            0..=34 => ("app.bsky.feed.like", Action::Create, Some(serde_json::json!({"subject": subject}))),
-            35..=54 => ("app.bsky.graph.follow", Action::Create, Some(serde_json::json!({"subject": target}))),
-            55..=69 => ("app.bsky.feed.repost", Action::Create, Some(serde_json::json!({"subject": subject}))),
+            0..=34 => (
+                "app.bsky.feed.like",
+                Action::Create,
+                Some(serde_json::json!({"subject": subject})),
+            ),
+            35..=54 => (
+                "app.bsky.graph.follow",
+                Action::Create,
+                Some(serde_json::json!({"subject": target})),
+            ),
+            55..=69 => (
+                "app.bsky.feed.repost",
+                Action::Create,
+                Some(serde_json::json!({"subject": subject})),
+            ),
             70..=84 => {
                 let mut post = serde_json::json!({"text": post_text(&mut rng), "langs": ["en"]});
                 if rng.below(3) == 0 {
@@ -115,11 +147,17 @@ fn mix() -> Vec<(Event, Account)> {
                 }
                 ("app.bsky.feed.post", Action::Create, Some(post))
             }
-            85..=88 => ("app.bsky.graph.block", Action::Create, Some(serde_json::json!({"subject": target}))),
+            85..=88 => (
+                "app.bsky.graph.block",
+                Action::Create,
+                Some(serde_json::json!({"subject": target})),
+            ),
             89..=91 => (
                 "app.bsky.actor.profile",
                 Action::Update,
-                Some(serde_json::json!({"displayName": format!("User {a}"), "description": post_text(&mut rng)})),
+                Some(
+                    serde_json::json!({"displayName": format!("User {a}"), "description": post_text(&mut rng)}),
+                ),
             ),
             92..=94 => ("app.bsky.feed.like", Action::Delete, None),
             95..=97 => ("app.bsky.graph.follow", Action::Delete, None),
@@ -152,7 +190,12 @@ fn load() -> Ruleset {
     Ruleset::load_dir(&dir).unwrap_or_else(|d| panic!("{d:?}"))
 }
 
-fn run_once(rs: &Ruleset, events: &[(Event, Account)], eval: &mut Evaluator, counters: &mut MemoryCounters) -> usize {
+fn run_once(
+    rs: &Ruleset,
+    events: &[(Event, Account)],
+    eval: &mut Evaluator,
+    counters: &mut MemoryCounters,
+) -> usize {
     let mut fired = 0;
     let mut out = Vec::new();
     for (i, (event, account)) in events.iter().enumerate() {
@@ -200,6 +243,24 @@ fn bench(c: &mut Criterion) {
         allocations as f64 / n,
         fired as f64 / n
     );
+    // Where the time goes: posts (text features) against everything else.
+    let (post_events, other_events): (Vec<_>, Vec<_>) = events.iter().cloned().partition(|(e, _)| {
+        matches!(&e.body, EventBody::Commit(c) if c.ops[0].collection == "app.bsky.feed.post")
+    });
+    for (label, subset) in [
+        ("posts only", &post_events),
+        ("everything but posts", &other_events),
+    ] {
+        let started = Instant::now();
+        for _ in 0..rounds {
+            run_once(&rs, subset, &mut eval, &mut counters);
+        }
+        let n = (subset.len() * rounds) as f64;
+        println!(
+            "  {label}: {:.0} events/s",
+            n / started.elapsed().as_secs_f64()
+        );
+    }
     let mut group = c.benchmark_group("evaluate");
     group.throughput(Throughput::Elements(EVENTS as u64));
     group.sample_size(20);

@@ -644,7 +644,9 @@ impl Compiler<'_> {
                         return err(
                             self.offset(e),
                             format!("counter `{name}` has one key per list item"),
-                            Some(format!("read it for one key: `counters.{name}.{window}(key)`")),
+                            Some(format!(
+                                "read it for one key: `counters.{name}.{window}(key)`"
+                            )),
                         );
                     }
                     None => {
@@ -771,7 +773,8 @@ impl Compiler<'_> {
                         (Ty::Duration, Ty::String) | (Ty::String, Ty::Duration) => {
                             Some("write durations as `duration(\"7d\")`".to_string())
                         }
-                        (Ty::Duration, Ty::Int | Ty::Float) | (Ty::Int | Ty::Float, Ty::Duration) => {
+                        (Ty::Duration, Ty::Int | Ty::Float)
+                        | (Ty::Int | Ty::Float, Ty::Duration) => {
                             Some("durations compare with durations: `duration(\"7d\")`".to_string())
                         }
                         (Ty::Timestamp, Ty::String) | (Ty::String, Ty::Timestamp) => {
@@ -877,7 +880,11 @@ impl Compiler<'_> {
                     // The regex crate's message spans lines (pattern, caret, reason): keep the reason.
                     let m = m.to_string();
                     let reason = m.lines().last().unwrap_or("").trim_start_matches("error: ");
-                    return err(self.offset(pattern), format!("invalid regex: {reason}"), None);
+                    return err(
+                        self.offset(pattern),
+                        format!("invalid regex: {reason}"),
+                        None,
+                    );
                 }
                 let id = self.regexes.intern(&p);
                 Ok((Node::Regex(Box::new(s), id), Ty::Bool))
@@ -900,12 +907,16 @@ impl Compiler<'_> {
                 Ok((Node::DomainIn(Box::new(s), list), Ty::Bool))
             }
             (_, Some(t), 1)
-                if path_of(t).is_some_and(|p| {
-                    p.starts_with("counters.") && p.matches('.').count() == 1
-                }) =>
+                if path_of(t)
+                    .is_some_and(|p| p.starts_with("counters.") && p.matches('.').count() == 1) =>
             {
                 let path = path_of(t).unwrap_or_default();
-                self.counter_read(e, path.strip_prefix("counters."), Some(name), Some(&args[0]))
+                self.counter_read(
+                    e,
+                    path.strip_prefix("counters."),
+                    Some(name),
+                    Some(&args[0]),
+                )
             }
             ("followed_by", Some(t), 1) if path_of(t).as_deref() == Some("account") => {
                 let did = self.want(&args[0], Ty::String, "the DID")?;

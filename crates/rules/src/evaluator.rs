@@ -90,6 +90,10 @@ impl Evaluator {
                 continue;
             }
             let distinct = counter.distinct.as_ref().map(|d| keys_only.eval(d));
+            // Nothing distinct to count (no mentions, no reply parent): skip the key too.
+            if matches!(distinct, Some(Val::Missing) | Some(Val::List([]))) {
+                continue;
+            }
             let mut count = |key: u128| match distinct {
                 None => counters.add(i, key, None, input.now),
                 Some(Val::Str(s)) => counters.add(i, key, Some(value_hash(s)), input.now),

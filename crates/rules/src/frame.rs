@@ -37,6 +37,7 @@ pub struct Frame<'a> {
     facet_mentions: OnceCell<&'a [&'a str]>,
     facet_links: OnceCell<&'a [&'a str]>,
     misleading: OnceCell<bool>,
+    text_length: OnceCell<i64>,
     /// Keyword matches per matched string: (address, length, whole-word hits, substring hits).
     keyword_cache: RefCell<BumpVec<'a, (usize, usize, u128, u128)>>,
     /// Regex matches per matched string: (address, length, matching pattern bitset).
@@ -44,6 +45,11 @@ pub struct Frame<'a> {
     buf: &'a RefCell<String>,
     /// Counter keys computed for this unit, by counter index.
     pub counter_keys: &'a [OnceCell<Option<u128>>],
+}
+
+/// The text a facet's byte range covers, if the range is valid for `text`.
+fn facet_slice(text: &str, start: i64, end: i64) -> Option<&str> {
+    text.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
 }
 
 /// Reusable buffers for [`Frame`]s, so a steady stream of events allocates nothing.
@@ -82,6 +88,7 @@ impl<'a> Frame<'a> {
             facet_mentions: OnceCell::new(),
             facet_links: OnceCell::new(),
             misleading: OnceCell::new(),
+            text_length: OnceCell::new(),
             keyword_cache: RefCell::new(BumpVec::new_in(bump)),
             regex_cache: RefCell::new(BumpVec::new_in(bump)),
             buf: &scratch.buf,
@@ -159,6 +166,13 @@ impl<'a> Frame<'a> {
         self.text.get().is_some_and(|t| std::ptr::eq(s, *t))
     }
 
+    /// `text.length`: characters of the primary text.
+    pub fn text_length(&self) -> i64 {
+        *self
+            .text_length
+            .get_or_init(|| self.text().chars().count() as i64)
+    }
+
     /// The normalised form of `s`, in the arena.
     pub fn normalize(&self, s: &str) -> &'a str {
         let mut buf = self.buf.borrow_mut();
@@ -184,11 +198,9 @@ impl<'a> Frame<'a> {
             let mut v = BumpVec::new_in(self.bump);
             let post = self.post();
             let from_facets = post.into_iter().flat_map(|p| {
-                p.facets().into_iter().flat_map(|f| {
-                    f.features.into_iter().filter_map(|feat| match feat {
-                        FacetFeature::Tag(t) => Some(t),
-                        _ => None,
-                    })
+                p.facet_features().filter_map(|(_, _, feat)| match feat {
+                    FacetFeature::Tag(t) => Some(t),
+                    _ => None,
                 })
             });
             let from_tags = post.into_iter().flat_map(|p| p.tags());
@@ -197,7 +209,10 @@ impl<'a> Frame<'a> {
                 .chain(from_tags)
             {
                 let tag: &'a str = if tag.chars().any(char::is_uppercase) {
-                    self.bump.alloc_str(&tag.to_lowercase())
+                    let mut lower =
+                        bumpalo::collections::String::with_capacity_in(tag.len(), self.bump);
+                    lower.extend(tag.chars().flat_map(char::to_lowercase));
+                    lower.into_bump_str()
                 } else {
                     tag
                 };
@@ -219,13 +234,11 @@ impl<'a> Frame<'a> {
     pub fn facet_mentions(&self) -> &'a [&'a str] {
         self.facet_mentions.get_or_init(|| {
             let mut v = BumpVec::new_in(self.bump);
-            for f in self.post().map(|p| p.facets()).unwrap_or_default() {
-                for feat in f.features {
-                    if let FacetFeature::Mention(did) = feat
-                        && !v.contains(&did)
-                    {
-                        v.push(did);
-                    }
+            for (_, _, feat) in self.post().into_iter().flat_map(|p| p.facet_features()) {
+                if let FacetFeature::Mention(did) = feat
+                    && !v.contains(&did)
+                {
+                    v.push(did);
                 }
             }
             v.into_bump_slice()
@@ -237,11 +250,9 @@ impl<'a> Frame<'a> {
         self.facet_links.get_or_init(|| {
             let mut v = BumpVec::new_in(self.bump);
             if let Some(post) = self.post() {
-                for f in post.facets() {
-                    for feat in f.features {
-                        if let FacetFeature::Link(uri) = feat {
-                            v.push(uri);
-                        }
+                for (_, _, feat) in post.facet_features() {
+                    if let FacetFeature::Link(uri) = feat {
+                        v.push(uri);
                     }
                 }
                 if let Some(Embed::External { uri: Some(uri), .. }) = post.embed() {
@@ -286,14 +297,16 @@ impl<'a> Frame<'a> {
     }
 
     /// The registrable domain of a URL, host or domain, lower-cased.
-    pub fn domain_of(&self, link: &str) -> Option<&'a str> {
+    pub fn domain_of(&self, link: &'a str) -> Option<&'a str> {
         let host = text::host_of(link)?;
-        let lower: &str = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.bump.alloc_str(&host.to_ascii_lowercase())
+        let lower: &'a str = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            let lower = self.bump.alloc_str(host);
+            lower.make_ascii_lowercase();
+            lower
         } else {
             host
         };
-        text::registrable_domain(lower).map(|d| self.bump.alloc_str(d) as &str)
+        text::registrable_domain(lower)
     }
 
     /// `text.misleading_link`: a link facet whose visible text names another domain.
@@ -303,13 +316,10 @@ impl<'a> Frame<'a> {
                 return false;
             };
             let text = post.text();
-            post.facets().iter().any(|f| {
-                f.features.iter().any(|feat| match feat {
-                    FacetFeature::Link(uri) => f
-                        .slice(text)
-                        .is_some_and(|anchor| text::misleading_link(anchor, uri)),
-                    _ => false,
-                })
+            post.facet_features().any(|(start, end, feat)| match feat {
+                FacetFeature::Link(uri) => facet_slice(text, start, end)
+                    .is_some_and(|anchor| text::misleading_link(anchor, uri)),
+                _ => false,
             })
         })
     }
@@ -319,9 +329,8 @@ impl<'a> Frame<'a> {
     pub fn bad_facets(&self) -> bool {
         self.post().is_some_and(|p| {
             let text = p.text();
-            p.facets()
-                .iter()
-                .any(|f| f.byte_start > f.byte_end || f.slice(text).is_none())
+            p.facet_features()
+                .any(|(start, end, _)| facet_slice(text, start, end).is_none())
         })
     }
 

@@ -307,28 +307,40 @@ pub enum ListOrigin {
     Inline(Vec<String>),
 }
 
-/// FNV-1a: collection names are short, trusted-shape keys, where SipHash's cost shows.
+/// A multiply-rotate hash over 8-byte words (as rustc's FxHash): collection names are short
+/// keys from a small set chosen by the ruleset, where SipHash's cost shows and its DoS
+/// resistance buys nothing (an unknown collection just misses).
 #[derive(Default, Clone, Copy)]
-pub struct Fnv(u64);
+pub struct RouteHasher(u64);
 
-impl std::hash::Hasher for Fnv {
+impl RouteHasher {
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for RouteHasher {
     fn finish(&self) -> u64 {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.mix(u64::from_le_bytes(c.try_into().expect("8 bytes")));
         }
-        self.0 = h;
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.mix(u64::from_le_bytes(b));
+        }
     }
 }
 
 /// Rule and counter indexes per kind of unit: routing costs one hash lookup per unit.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
-    by_collection: HashMap<String, [Vec<usize>; 3], std::hash::BuildHasherDefault<Fnv>>,
+    by_collection: HashMap<String, [Vec<usize>; 3], std::hash::BuildHasherDefault<RouteHasher>>,
     any_record: [Vec<usize>; 3],
     identity: Vec<usize>,
     account: Vec<usize>,

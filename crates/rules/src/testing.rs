@@ -572,7 +572,11 @@ pub fn account_from_json(v: &serde_json::Value) -> Result<Option<Account>, Strin
     let strings = |key: &str| -> Vec<String> {
         a[key]
             .as_array()
-            .map(|l| l.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            .map(|l| {
+                l.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     Ok(Some(Account {
@@ -586,9 +590,11 @@ pub fn account_from_json(v: &serde_json::Value) -> Result<Option<Account>, Strin
         follows: a["follows"].as_i64(),
         labels: strings("labels"),
         tags: strings("tags"),
-        followed_by: a["followedBy"]
-            .as_array()
-            .map(|l| l.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()),
+        followed_by: a["followedBy"].as_array().map(|l| {
+            l.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        }),
     }))
 }
 

@@ -546,19 +546,23 @@ impl<'a> Iterator for Links<'a> {
     fn next(&mut self) -> Option<&'a str> {
         let text = self.text;
         let mut prev = text[..self.pos].chars().next_back();
-        while let Some(c) = text[self.pos..].chars().next() {
-            let start = self.pos;
-            self.pos += c.len_utf8();
-            let boundary = prev.is_none_or(|p| p.is_whitespace() || "([{<\"'«“‘".contains(p));
+        for (offset, c) in text[self.pos..].char_indices() {
+            let boundary = prev.is_none_or(|p| {
+                matches!(
+                    p,
+                    ' ' | '\n' | '\t' | '\r' | '(' | '[' | '{' | '<' | '"' | '\''
+                ) || (!p.is_ascii() && (p.is_whitespace() || matches!(p, '«' | '“' | '‘')))
+            });
             prev = Some(c);
-            if boundary
-                && c.is_alphanumeric()
-                && let Some(len) = link_at(&text[start..])
-            {
-                self.pos = start + len;
-                return Some(&text[start..start + len]);
+            if boundary && c.is_alphanumeric() {
+                let start = self.pos + offset;
+                if let Some(len) = link_at(&text[start..]) {
+                    self.pos = start + len;
+                    return Some(&text[start..start + len]);
+                }
             }
         }
+        self.pos = text.len();
         None
     }
 }
@@ -788,7 +792,7 @@ pub fn simhash(normalized: &str) -> u64 {
     let mut counts = [0i32; 64];
     let mut add = |h: u64| {
         for (bit, count) in counts.iter_mut().enumerate() {
-            *count += if h >> bit & 1 == 1 { 1 } else { -1 };
+            *count += ((h >> bit) & 1) as i32 * 2 - 1;
         }
     };
     let mut prev: Option<u64> = None;

@@ -73,6 +73,15 @@ pub fn did_of(uri: &str) -> Option<&str> {
     authority.starts_with("did:").then_some(authority)
 }
 
+/// A TID's shape: 13 base32-sortable characters, the first below `k`. Checked without
+/// building an error for the common non-TID keys (`self`).
+fn is_tid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 13
+        && b.iter().all(|c| matches!(c, b'2'..=b'7' | b'a'..=b'z'))
+        && matches!(b[0], b'2'..=b'7' | b'a'..=b'j')
+}
+
 fn in_collection<'a>(f: &Frame<'a>, nsid: &str) -> Option<&'a Record> {
     f.record_in(nsid)
 }
@@ -109,7 +118,10 @@ fn interacts_with<'a>(f: &Frame<'a>) -> &'a [&'a str] {
         .filter_map(did_of);
     let quote = post.embed().and_then(|e| e.quoted_uri()).and_then(did_of);
     let mut v = bumpalo::collections::Vec::new_in(f.bump);
-    for did in parents.chain(quote).chain(f.facet_mentions().iter().copied()) {
+    for did in parents
+        .chain(quote)
+        .chain(f.facet_mentions().iter().copied())
+    {
         if did != f.input.event.did && !v.contains(&did) {
             v.push(did);
         }
@@ -159,6 +171,8 @@ fields! {
             Some(op) => s(f.bump.alloc_str(&op.uri(&f.input.event.did))),
             None => Val::Missing,
         };
+    "event.rkey_is_tid": Bool = "whether the record key is a timestamp key (TID), i.e. generated rather than chosen"
+        => |f| b(f.input.op.is_some_and(|op| is_tid(&op.rkey)));
     "event.cid": String ?o = "the record's CID (missing for deletes)"
         => |f| match f.input.op.and_then(|op| op.cid.as_ref()) {
             Some(cid) => s(f.bump.alloc_str(&cid.to_string())),
@@ -351,7 +365,7 @@ fields! {
     "text.bidi_override": Bool = "the raw text contains right-to-left override or isolate controls"
         => |f| b(crate::text::has_bidi_override(f.text()));
     "text.length": Int = "number of characters of the raw text"
-        => |f| Val::Int(f.text().chars().count() as i64);
+        => |f| Val::Int(f.text_length());
     "text.lang": String ?o = "the first declared language of a post"
         => |f| opt(f.post().and_then(|p| p.langs().next()));
     "text.fingerprint": String ?o = "exact-after-normalisation fingerprint (hex) for counting duplicates; missing for empty text"

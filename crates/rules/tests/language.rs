@@ -16,8 +16,10 @@ fn ruleset(text: &str) -> Ruleset {
 }
 
 fn ruleset_with_lists(text: &str, lists: &[(&str, &str)]) -> Ruleset {
-    let lists: Vec<(String, String)> =
-        lists.iter().map(|(p, t)| (p.to_string(), t.to_string())).collect();
+    let lists: Vec<(String, String)> = lists
+        .iter()
+        .map(|(p, t)| (p.to_string(), t.to_string()))
+        .collect();
     let read = move |p: &Path| {
         lists
             .iter()
@@ -32,7 +34,15 @@ fn ruleset_with_lists(text: &str, lists: &[(&str, &str)]) -> Ruleset {
         }],
         &read,
     )
-    .unwrap_or_else(|d| panic!("{}", d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))
+    .unwrap_or_else(|d| {
+        panic!(
+            "{}",
+            d.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })
 }
 
 struct Run {
@@ -51,8 +61,21 @@ impl Run {
         }
     }
 
-    fn post(&mut self, did: &str, t: i64, record: serde_json::Value, account: &Account) -> Vec<Firing> {
-        self.record(did, t, "app.bsky.feed.post", OpAction::Create, Some(record), account)
+    fn post(
+        &mut self,
+        did: &str,
+        t: i64,
+        record: serde_json::Value,
+        account: &Account,
+    ) -> Vec<Firing> {
+        self.record(
+            did,
+            t,
+            "app.bsky.feed.post",
+            OpAction::Create,
+            Some(record),
+            account,
+        )
     }
 
     fn record(
@@ -72,7 +95,8 @@ impl Run {
         let event = record_event(did, t, action, collection, &rkey, record);
         let mut out = Vec::new();
         for input in Input::units(&event, account, t) {
-            self.eval.evaluate(&self.rs, input, &mut self.counters, &mut out);
+            self.eval
+                .evaluate(&self.rs, input, &mut self.counters, &mut out);
         }
         out
     }
@@ -127,7 +151,10 @@ flag = "x"
         ..Account::default()
     };
     let fired = run.post(DID, T0, serde_json::json!({"text": "hi"}), &young);
-    assert_eq!(names(&fired), ["young", "not-old", "unknown-or-young", "false-and-missing"]);
+    assert_eq!(
+        names(&fired),
+        ["young", "not-old", "unknown-or-young", "false-and-missing"]
+    );
 }
 
 #[test]
@@ -152,7 +179,14 @@ flag = "l"
     let mut run = Run::new(rs);
     let a = Account::default();
     let like = serde_json::json!({"subject": {"uri": "at://did:plc:bob/app.bsky.feed.post/1", "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"}, "createdAt": "2024-06-01T12:00:00Z"});
-    let f = run.record(DID, T0, "app.bsky.feed.like", OpAction::Create, Some(like), &a);
+    let f = run.record(
+        DID,
+        T0,
+        "app.bsky.feed.like",
+        OpAction::Create,
+        Some(like),
+        &a,
+    );
     assert_eq!(names(&f), ["like-written"]);
     let f = run.record(DID, T0, "app.bsky.feed.like", OpAction::Delete, None, &a);
     assert_eq!(names(&f), ["any-delete"]);
@@ -197,7 +231,10 @@ target = "account"
     };
     assert!(run.post(DID, T0, reply("did:plc:b1"), &a).is_empty());
     // Not a reply: not counted, but the rule still reads the counter (2 != 3).
-    assert!(run.post(DID, T0 + 1, serde_json::json!({"text": "x"}), &a).is_empty());
+    assert!(
+        run.post(DID, T0 + 1, serde_json::json!({"text": "x"}), &a)
+            .is_empty()
+    );
     assert!(run.post(DID, T0 + 2, reply("did:plc:b1"), &a).is_empty());
     let f = run.post(DID, T0 + 3, reply("did:plc:b2"), &a);
     assert_eq!(names(&f), ["third-reply"]);
@@ -212,14 +249,26 @@ target = "account"
     assert_eq!(action.subject, Subject::Account { did: DID.into() });
     assert_eq!(action.rule, "third-reply");
     assert!(action.ruleset_version.starts_with("sha256:"));
-    assert_eq!(f[0].explanation, [("counters.replies.hour".to_string(), "3".to_string())]);
+    assert_eq!(
+        f[0].explanation,
+        [("counters.replies.hour".to_string(), "3".to_string())]
+    );
     // Another account has its own key.
-    assert!(run.post("did:plc:other", T0 + 4, reply("did:plc:b1"), &a).is_empty());
+    assert!(
+        run.post("did:plc:other", T0 + 4, reply("did:plc:b1"), &a)
+            .is_empty()
+    );
     // Next hour: the hour window restarts (12:00 → 13:00 UTC).
     let next_hour = T0 + 3_600_000_000;
     assert!(run.post(DID, next_hour, reply("did:plc:b1"), &a).is_empty());
-    assert!(run.post(DID, next_hour + 1, reply("did:plc:b1"), &a).is_empty());
-    assert_eq!(names(&run.post(DID, next_hour + 2, reply("did:plc:b1"), &a)), ["third-reply"]);
+    assert!(
+        run.post(DID, next_hour + 1, reply("did:plc:b1"), &a)
+            .is_empty()
+    );
+    assert_eq!(
+        names(&run.post(DID, next_hour + 2, reply("did:plc:b1"), &a)),
+        ["third-reply"]
+    );
 }
 
 #[test]
@@ -269,10 +318,28 @@ flag = "phone"
     let a = Account::default();
     let f = run.post(DID, T0, serde_json::json!({"text": "this is a SCAM"}), &a);
     assert_eq!(names(&f), ["bad-word"]);
-    assert!(run.post(DID, T0, serde_json::json!({"text": "scampi for dinner"}), &a).is_empty());
-    let f = run.post(DID, T0, serde_json::json!({"text": "deals at https://www.promo.example/x"}), &a);
+    assert!(
+        run.post(
+            DID,
+            T0,
+            serde_json::json!({"text": "scampi for dinner"}),
+            &a
+        )
+        .is_empty()
+    );
+    let f = run.post(
+        DID,
+        T0,
+        serde_json::json!({"text": "deals at https://www.promo.example/x"}),
+        &a,
+    );
     assert_eq!(names(&f), ["promo-link"]);
-    let f = run.post(DID, T0, serde_json::json!({"text": "call +1 (765) 734"}), &a);
+    let f = run.post(
+        DID,
+        T0,
+        serde_json::json!({"text": "call +1 (765) 734"}),
+        &a,
+    );
     assert_eq!(names(&f), ["phone-number"]);
     let event = skywarden_atproto::event::Event {
         cursor: 1,
@@ -284,10 +351,14 @@ flag = "phone"
     };
     let mut out = Vec::new();
     for input in Input::units(&event, &a, T0) {
-        run.eval.evaluate(&run.rs, input, &mut run.counters, &mut out);
+        run.eval
+            .evaluate(&run.rs, input, &mut run.counters, &mut out);
     }
     assert_eq!(names(&out), ["bad-handle"]);
-    assert_eq!(out[0].actions[0].subject, Subject::Account { did: DID.into() });
+    assert_eq!(
+        out[0].actions[0].subject,
+        Subject::Account { did: DID.into() }
+    );
 }
 
 #[test]
@@ -326,9 +397,19 @@ flag = "one"
         created_at: Some(T0 - 3_600_000_000),
         ..Account::default()
     };
-    let f = run.post(DID, T0, serde_json::json!({"text": "a", "tags": ["x1", "x2", "x3", "y"], "langs": ["de"]}), &young);
+    let f = run.post(
+        DID,
+        T0,
+        serde_json::json!({"text": "a", "tags": ["x1", "x2", "x3", "y"], "langs": ["de"]}),
+        &young,
+    );
     assert_eq!(names(&f), ["many-tags", "foreign-young", "one-x"]);
-    let f = run.post(DID, T0, serde_json::json!({"text": "a", "tags": ["x1", "x1"], "langs": ["en", "de"]}), &young);
+    let f = run.post(
+        DID,
+        T0,
+        serde_json::json!({"text": "a", "tags": ["x1", "x1"], "langs": ["en", "de"]}),
+        &young,
+    );
     assert!(f.is_empty(), "{:?}", names(&f));
 }
 
@@ -355,13 +436,22 @@ label = "spam"
 "#,
     );
     let mut run = Run::new(rs);
-    let f = run.post(DID, T0, serde_json::json!({"text": "a"}), &Account::default());
+    let f = run.post(
+        DID,
+        T0,
+        serde_json::json!({"text": "a"}),
+        &Account::default(),
+    );
     assert_eq!(names(&f), ["shadowed"]);
     assert_eq!(f[0].mode, skywarden_rules::Mode::Shadow);
     assert_eq!(f[0].actions[0].mode, skywarden_rules::Mode::Shadow);
     assert_eq!(
         f[0].actions[0].verb,
-        Verb::Label { value: "spam".into(), negate: false, expires_in: Some(3_600_000_000) }
+        Verb::Label {
+            value: "spam".into(),
+            negate: false,
+            expires_in: Some(3_600_000_000)
+        }
     );
     match &f[0].actions[0].subject {
         Subject::Record { uri, cid } => {
@@ -411,9 +501,16 @@ when = "record.post.reply.parent.did in lists.blocked"
 flag = "x"
 "#,
     ));
-    assert!(before.post(DID, T0, reply.clone(), &Account::default()).is_empty());
+    assert!(
+        before
+            .post(DID, T0, reply.clone(), &Account::default())
+            .is_empty()
+    );
     rs.set_lists(lists);
     assert_eq!(rs.version, version);
     let mut after = Run::new(rs);
-    assert_eq!(names(&after.post(DID, T0, reply, &Account::default())), ["blocked-reply"]);
+    assert_eq!(
+        names(&after.post(DID, T0, reply, &Account::default())),
+        ["blocked-reply"]
+    );
 }

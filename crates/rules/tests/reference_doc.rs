@@ -25,7 +25,9 @@ fn every_field_is_documented_and_typed() {
         assert!(!f.doc.is_empty(), "{} has no documentation", f.path);
         let root = f.path.split('.').next().unwrap_or("");
         assert!(
-            skywarden_rules::vocab::ROOTS.iter().any(|(r, _)| *r == root),
+            skywarden_rules::vocab::ROOTS
+                .iter()
+                .any(|(r, _)| *r == root),
             "{} is not under a documented root",
             f.path
         );
