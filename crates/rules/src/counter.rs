@@ -218,8 +218,12 @@ impl Distinct {
         }
     }
 
+    /// Empties the set, keeping a sparse set's memory for the next period.
     fn clear(&mut self) {
-        *self = Distinct::Sparse(Vec::new());
+        match self {
+            Distinct::Sparse(v) => v.clear(),
+            Distinct::Dense(_) => *self = Distinct::Sparse(Vec::new()),
+        }
     }
 
     fn bytes(&self) -> usize {

@@ -215,7 +215,14 @@ pub fn normalize_into(input: &str, out: &mut String) {
     out.clear();
     out.reserve(input.len());
     let mut pending_space = false;
-    if input.is_ascii() {
+    // Most text is already in NFKC: the quick check (a table lookup per character) lets it skip
+    // the decompose-recompose pass. Invisible characters must go before NFKC, so their presence
+    // forces the full path.
+    let already_nfkc = input.is_ascii()
+        || (unicode_normalization::is_nfkc_quick(input.chars())
+            == unicode_normalization::IsNormalized::Yes
+            && !input.chars().any(is_invisible));
+    if already_nfkc {
         for c in input.chars() {
             push_folded(out, &mut pending_space, c);
         }
