@@ -184,7 +184,11 @@ async fn backtest(
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let mut events = Vec::new();
-            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
                 let value: serde_json::Value = serde_json::from_str(line)
                     .map_err(|e| format!("{}:{}: not JSON: {e}", path.display(), i + 1))?;
                 let at = |e: String| format!("{}:{}: {e}", path.display(), i + 1);

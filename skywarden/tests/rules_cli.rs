@@ -52,7 +52,12 @@ fn check_rejects_broken_rules_with_every_error_located() {
         .count();
     assert_eq!(located, 21, "{stderr}");
     assert!(stderr.contains("04-unknown-field.toml:4:21: error: unknown field `record.post.txt`"));
-    assert!(stderr.trim_end().ends_with("error: 21 errors in the ruleset"), "{stderr}");
+    assert!(
+        stderr
+            .trim_end()
+            .ends_with("error: 21 errors in the ruleset"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -89,8 +94,14 @@ record = { text = "a long enough post" }
     let out = skywarden(&["rules", "test", dir.to_str().unwrap()]);
     let (stdout, _) = text(&out);
     assert!(!out.status.success());
-    assert!(stdout.contains("FAIL  short-post: wrong expectation  (r.toml:8)"), "{stdout}");
-    assert!(stdout.contains("expected short-post to fire, but it did not fire"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  short-post: wrong expectation  (r.toml:8)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("expected short-post to fire, but it did not fire"),
+        "{stdout}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
