@@ -3,9 +3,10 @@
 
 use crate::Mode;
 
-/// What to do.
+/// What to do. `C` is the type of comments and messages: rendered text in actions, templates
+/// (`Verb<Template>`) as declared in rule files.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verb {
+pub enum Verb<C = String> {
     /// Apply a label (`negate`: remove it).
     Label {
         /// Label value, e.g. `spam`.
@@ -30,39 +31,78 @@ pub enum Verb {
     Report {
         /// Reason type NSID (`com.atproto.moderation.defs#reasonSpam`, ...).
         reason: String,
-        /// Rendered comment.
-        comment: String,
+        /// Comment.
+        comment: C,
     },
     /// Take the subject down.
     Takedown {
-        /// Rendered comment.
-        comment: String,
+        /// Comment.
+        comment: C,
     },
     /// Escalate the subject to a senior moderator.
     Escalate {
-        /// Rendered comment.
-        comment: String,
+        /// Comment.
+        comment: C,
     },
     /// Acknowledge open reports on the subject.
     Acknowledge {
-        /// Rendered comment.
-        comment: String,
+        /// Comment.
+        comment: C,
     },
     /// Add a comment to the subject's history.
     Comment {
-        /// Rendered comment.
-        comment: String,
+        /// Comment.
+        comment: C,
     },
     /// Send a webhook notification.
     Notify {
         /// Webhook name, resolved by the engine's configuration.
         webhook: String,
-        /// Rendered message.
-        message: String,
+        /// Message.
+        message: C,
     },
 }
 
-impl Verb {
+impl<C> Verb<C> {
+    /// The same verb with its comment or message converted (templates rendered).
+    pub fn map<'s, D>(&'s self, mut f: impl FnMut(&'s C) -> D) -> Verb<D> {
+        match self {
+            Verb::Label {
+                value,
+                negate,
+                expires_in,
+            } => Verb::Label {
+                value: value.clone(),
+                negate: *negate,
+                expires_in: *expires_in,
+            },
+            Verb::Tag { tags } => Verb::Tag { tags: tags.clone() },
+            Verb::Flag { value } => Verb::Flag {
+                value: value.clone(),
+            },
+            Verb::Report { reason, comment } => Verb::Report {
+                reason: reason.clone(),
+                comment: f(comment),
+            },
+            Verb::Takedown { comment } => Verb::Takedown {
+                comment: f(comment),
+            },
+            Verb::Escalate { comment } => Verb::Escalate {
+                comment: f(comment),
+            },
+            Verb::Acknowledge { comment } => Verb::Acknowledge {
+                comment: f(comment),
+            },
+            Verb::Comment { comment } => Verb::Comment {
+                comment: f(comment),
+            },
+            Verb::Notify { webhook, message } => Verb::Notify {
+                webhook: webhook.clone(),
+                message: f(message),
+            },
+        }
+    }
+
     /// The verb's name as written in rule files.
     pub fn name(&self) -> &'static str {
         match self {

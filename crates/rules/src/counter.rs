@@ -3,36 +3,86 @@
 //!
 //! The rule engine hashes a counter's key string to a `u128` and, for distinct counters, each
 //! distinct value to a `u64`; this module never sees strings. Time is microseconds since the
-//! Unix epoch (UTC): the evaluation time of the unit being counted.
+//! Unix epoch (UTC): the evaluation time of the unit being counted (the event's own time in
+//! replays and rule tests, the receive time in the engine).
 //!
-//! Semantics, which analysts rely on:
+//! # Semantics
 //!
-//! - **Windows are fixed and UTC-aligned.** `Minute`, `Hour` and `Day` are the current calendar
-//!   minute, hour and day. When time moves into a new period, the window restarts from zero:
-//!   a read in a later period returns 0, and the next `add` starts the new period's count.
-//!   A burst that straddles a boundary is split between two periods.
-//! - **`Total` counts since the key was first seen**, but a key idle (no `add`) for longer than
-//!   the counter's retention is forgotten: reads return 0 and [`MemoryCounters::sweep`] frees
-//!   it. No counter grows without bound.
-//! - Only declared windows are stored; reading an undeclared window returns 0 (the rule
-//!   checker rejects such reads at load).
-//! - **Distinct counters** keep the exact set of value hashes up to [`SPARSE_LIMIT`] values
-//!   per key and window, then switch to a HyperLogLog sketch with 4,096 registers (standard
-//!   error about 1.6 %). Counts below the limit are exact.
+//! Analysts rely on these; they are tested in `tests/counters.rs`.
+//!
+//! - **Windows are fixed and UTC-aligned, not sliding.** `minute`, `hour` and `day` are the
+//!   calendar minute, hour and day (UTC) that contain `now`: the hour window at 10:59:59 holds
+//!   what was counted since 10:00:00.000000, and at 11:00:00.000000 it holds only what has been
+//!   counted since then, so a read at 11:00:00 before any new add returns 0. A burst that
+//!   straddles a boundary is split between two periods. Days start at 00:00:00Z; there are no
+//!   leap seconds (the clock is Unix time).
+//! - **Each key keeps only its latest period per window.** A read returns the value of the
+//!   period containing `now` if that is the key's latest period, and 0 otherwise: for a period
+//!   after the latest (the window has rolled over) and for an earlier one alike. Reads never
+//!   change anything.
+//! - **`total` counts since the key was first counted**, but a key idle (no add) for longer
+//!   than the counter's retention is forgotten: once `now` is more than `retention_micros`
+//!   after the key's latest add, reads return 0, [`MemoryCounters::sweep`] may free the key,
+//!   and the next add starts again from 1. Idle for exactly the retention still counts. No
+//!   counter grows without bound. A negative retention is treated as 0.
+//! - **Late adds** (a `now` earlier than the key's latest add, as with out-of-order events in
+//!   replays): counted in `total` and in every window whose period is still the key's latest,
+//!   ignored by windows that have since rolled over to a later period. They never move a
+//!   window back to an earlier period, and do not refresh the retention clock.
+//! - **Only declared windows are stored.** Reading a window the counter does not declare
+//!   returns 0; the rule checker rejects such reads when a ruleset loads, so rules never see
+//!   that 0.
+//! - **Occurrence counts** of `minute`, `hour` and `day` saturate at `u32::MAX` (4,294,967,295
+//!   per key and period: about 50,000 adds a second to one key for a whole day); `total` is a
+//!   `u64`. A non-distinct counter ignores the distinct value passed to `add`.
+//! - **Distinct counters** count distinct 64-bit value hashes per key and window. They are
+//!   exact while a window holds at most [`SPARSE_LIMIT`] (48) values: the set of hashes is
+//!   kept sorted. The 49th distinct value switches that window, for the rest of its period, to
+//!   a HyperLogLog sketch ([`Hll`]: 4,096 one-byte registers, standard error about 1.6 %),
+//!   whose estimate is reported as at least 49 and never decreases within a period. Each
+//!   window switches on its own: a `minute` with 3 values stays exact while the `day` is
+//!   estimated. An add without a distinct value on a distinct counter does nothing (not even
+//!   refreshing the retention clock). Two different values whose 64-bit hashes collide count
+//!   once (probability about n² / 2⁶⁵).
+//!
+//! # Memory
+//!
+//! One hash map per counter, keyed by the `u128` key with [`FoldHasher`] (the key is already
+//! a uniform hash). Every entry is 32 bytes, so a slot with its key is 48 bytes, plus one
+//! control byte; with the map's load factor (between 7/16 and 7/8) a key costs 55 to 110
+//! bytes, about 70 on average. A distinct key that has only ever seen one value keeps that
+//! value inline; more values cost one slice of per-window sets (24 bytes per declared window)
+//! and a sorted vector per window (8 bytes a value, at most 48), or 4 KiB per window once that
+//! window is estimated. Adding to an existing key of a plain counter, or adding a value already
+//! counted to a distinct key that has only seen that value, never allocates; reads never
+//! allocate. [`MemoryCounters::approx_bytes`] reports the total.
+//!
+//! # Sweeping
+//!
+//! [`MemoryCounters::sweep`] removes every key none of whose declared windows still holds a
+//! value at `now` (every `minute`/`hour`/`day` period before the current one, `total` past
+//! retention or not declared), then shrinks maps that have become mostly empty. `add` also
+//! sweeps by itself, amortised: a full sweep, at the latest `now` seen so far, once the adds
+//! since the last sweep reach both 65,536 and half the number of stored keys. Its cost is
+//! proportional to the stored keys, so each add pays for at most about two key visits on
+//! average; the price is an occasional pause (roughly 10 ns a key: 10 ms for a million keys)
+//! on the add that triggers it. Engines that mind the pause call `sweep` themselves off the hot
+//! path, which resets the countdown.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry as MapEntry;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// A counter window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Window {
-    /// The current UTC minute.
+    /// The current UTC calendar minute.
     Minute,
     /// The current UTC hour.
     Hour,
     /// The current UTC day.
     Day,
-    /// Since first seen, forgotten after the retention of idleness.
+    /// Since the key was first counted; forgotten after the counter's retention of idleness.
     Total,
 }
 
@@ -40,7 +90,7 @@ impl Window {
     /// Every window, in order.
     pub const ALL: [Window; 4] = [Window::Minute, Window::Hour, Window::Day, Window::Total];
 
-    /// The name used in rule files.
+    /// The name used in rule files: `minute`, `hour`, `day` or `total`.
     pub fn name(&self) -> &'static str {
         match self {
             Window::Minute => "minute",
@@ -50,7 +100,7 @@ impl Window {
         }
     }
 
-    /// Parses a window name.
+    /// Parses a window name (as written by [`Window::name`]).
     pub fn parse(s: &str) -> Option<Window> {
         Window::ALL.into_iter().find(|w| w.name() == s)
     }
@@ -59,7 +109,8 @@ impl Window {
         self as usize
     }
 
-    /// The period `now` falls in (the same for every time in one minute/hour/day; 0 for total).
+    /// The period `now` falls in: the same number for every time in one minute/hour/day, and
+    /// larger for later periods. 0 for total.
     fn period(self, now: i64) -> i64 {
         match self {
             Window::Minute => now.div_euclid(60_000_000),
@@ -71,7 +122,7 @@ impl Window {
 }
 
 /// A set of windows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct WindowSet(u8);
 
 impl WindowSet {
@@ -90,9 +141,19 @@ impl WindowSet {
         self.0 & (1 << w.index()) != 0
     }
 
-    /// The windows in the set.
+    /// The windows in the set, in the order of [`Window::ALL`].
     pub fn iter(self) -> impl Iterator<Item = Window> {
         Window::ALL.into_iter().filter(move |w| self.contains(*w))
+    }
+
+    /// How many windows the set holds.
+    pub fn len(&self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// Whether the set holds no window.
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
     }
 }
 
@@ -113,11 +174,13 @@ pub struct CounterSpec {
     pub windows: WindowSet,
     /// Count distinct values instead of occurrences.
     pub distinct: bool,
-    /// Idle keys of the `Total` window are forgotten after this long (µs).
+    /// A key idle (no add) for longer than this (µs) is forgotten: its `total` reads 0 and
+    /// sweeps free it.
     pub retention_micros: i64,
 }
 
-/// Where counters live: in memory here; the engine provides persistent and shared stores.
+/// Where counters live: in memory here ([`MemoryCounters`]); the engine may provide persistent
+/// or shared stores.
 pub trait CounterStore {
     /// Counts one occurrence for `key` (and, for distinct counters, the distinct value's hash)
     /// at `now`.
@@ -127,52 +190,79 @@ pub trait CounterStore {
     fn get(&self, counter: usize, key: u128, window: Window, now: i64) -> u64;
 }
 
-/// Distinct sets stay exact up to this many values.
+/// Distinct sets stay exact up to this many values per key and window.
 pub const SPARSE_LIMIT: usize = 48;
+
 const HLL_BITS: u32 = 12;
 const HLL_REGISTERS: usize = 1 << HLL_BITS;
+/// The largest register value: the hash bits left after the index, plus one.
+const HLL_MAX_RANK: u32 = 64 - HLL_BITS + 1;
 
-/// A HyperLogLog sketch with 4,096 one-byte registers, keeping its estimate up to date as
-/// registers change (so reading it costs nothing).
-#[derive(Debug, Clone)]
+/// A HyperLogLog sketch of 64-bit hashes with precision 12: 4,096 one-byte registers, standard
+/// error 1.04 / √4096 ≈ 1.6 %. The top 12 bits of a hash pick the register, the rank of the
+/// first set bit of the rest is its value. The estimate is the standard one (harmonic mean
+/// with the bias constant α), with linear counting below 2.5 × 4,096 while some register is
+/// still zero; no large-range correction is needed with 64-bit hashes.
+///
+/// The harmonic sum is kept up to date, exactly, as registers change, so [`Hll::estimate`]
+/// costs a division (and a logarithm in the small range), not a pass over the registers.
+#[derive(Clone)]
 pub struct Hll {
-    registers: Box<[u8; HLL_REGISTERS]>,
-    /// Σ 2^-register.
-    inverse_sum: f64,
+    registers: [u8; HLL_REGISTERS],
+    /// Σ 2^(HLL_MAX_RANK − register): the harmonic sum scaled to an exact integer.
+    sum: u128,
     zeros: u32,
 }
 
 impl Default for Hll {
     fn default() -> Self {
         Hll {
-            registers: Box::new([0; HLL_REGISTERS]),
-            inverse_sum: HLL_REGISTERS as f64,
+            registers: [0; HLL_REGISTERS],
+            sum: (HLL_REGISTERS as u128) << HLL_MAX_RANK,
             zeros: HLL_REGISTERS as u32,
         }
     }
 }
 
+impl std::fmt::Debug for Hll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hll")
+            .field("estimate", &self.estimate())
+            .field("zero_registers", &self.zeros)
+            .finish()
+    }
+}
+
 impl Hll {
-    /// Adds a 64-bit hash.
-    pub fn insert(&mut self, hash: u64) {
-        let index = (hash >> (64 - HLL_BITS)) as usize;
-        let rest = hash << HLL_BITS;
-        let rank = (rest.leading_zeros() + 1).min(64 - HLL_BITS + 1) as u8;
-        let old = self.registers[index];
-        if rank > old {
-            self.registers[index] = rank;
-            self.inverse_sum += 2f64.powi(-i32::from(rank)) - 2f64.powi(-i32::from(old));
-            if old == 0 {
-                self.zeros -= 1;
-            }
-        }
+    /// An empty sketch.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// The estimated number of distinct hashes inserted.
+    /// Adds a 64-bit hash (it should be uniformly distributed). Returns whether a register
+    /// changed, that is whether the estimate may have.
+    pub fn insert(&mut self, hash: u64) -> bool {
+        let index = (hash >> (64 - HLL_BITS)) as usize;
+        let rank = ((hash << HLL_BITS).leading_zeros() + 1).min(HLL_MAX_RANK);
+        let old = u32::from(self.registers[index]);
+        if rank <= old {
+            return false;
+        }
+        self.registers[index] = rank as u8;
+        self.sum -= 1u128 << (HLL_MAX_RANK - old);
+        self.sum += 1u128 << (HLL_MAX_RANK - rank);
+        if old == 0 {
+            self.zeros -= 1;
+        }
+        true
+    }
+
+    /// The estimated number of distinct hashes inserted (0 for an empty sketch).
     pub fn estimate(&self) -> u64 {
         let m = HLL_REGISTERS as f64;
         let alpha = 0.7213 / (1.0 + 1.079 / m);
-        let raw = alpha * m * m / self.inverse_sum;
+        let harmonic = self.sum as f64 / (1u64 << HLL_MAX_RANK) as f64;
+        let raw = alpha * m * m / harmonic;
         let e = if raw <= 2.5 * m && self.zeros > 0 {
             // Small range: linear counting is more accurate.
             m * (m / f64::from(self.zeros)).ln()
@@ -183,112 +273,397 @@ impl Hll {
     }
 }
 
+/// A sketch with the value it reports: never below the exact phase, never decreasing.
 #[derive(Debug, Clone)]
-enum Distinct {
-    Sparse(Vec<u64>),
-    Dense(Hll),
+struct Dense {
+    hll: Hll,
+    reported: u64,
 }
 
-impl Distinct {
-    /// Inserts and returns the new count.
-    fn insert(&mut self, hash: u64) -> u64 {
+/// The distinct values of one key in one window.
+#[derive(Debug, Clone)]
+enum DistinctSet {
+    /// Sorted hashes, at most `SPARSE_LIMIT`.
+    Sparse(Vec<u64>),
+    Dense(Box<Dense>),
+}
+
+impl DistinctSet {
+    fn insert(&mut self, hash: u64) {
         match self {
-            Distinct::Sparse(v) => {
-                if let Err(pos) = v.binary_search(&hash) {
-                    if v.len() < SPARSE_LIMIT {
-                        v.insert(pos, hash);
-                    } else {
-                        let mut hll = Hll::default();
-                        for h in v.iter() {
-                            hll.insert(*h);
-                        }
-                        hll.insert(hash);
-                        let n = hll.estimate().max(SPARSE_LIMIT as u64 + 1);
-                        *self = Distinct::Dense(hll);
-                        return n;
+            DistinctSet::Sparse(v) => {
+                let Err(pos) = v.binary_search(&hash) else {
+                    return;
+                };
+                if v.len() < SPARSE_LIMIT {
+                    if v.len() == v.capacity() {
+                        // Grow by doubling, but never past the limit.
+                        let target = (v.len() * 2).clamp(4, SPARSE_LIMIT);
+                        v.reserve_exact(target - v.len());
                     }
+                    v.insert(pos, hash);
+                    return;
                 }
-                v.len() as u64
+                let mut dense = Box::new(Dense {
+                    hll: Hll::default(),
+                    reported: 0,
+                });
+                for h in v.iter() {
+                    dense.hll.insert(*h);
+                }
+                dense.hll.insert(hash);
+                dense.reported = dense.hll.estimate().max(SPARSE_LIMIT as u64 + 1);
+                *self = DistinctSet::Dense(dense);
             }
-            // Never report fewer than the exact phase already counted.
-            Distinct::Dense(hll) => {
-                hll.insert(hash);
-                hll.estimate().max(SPARSE_LIMIT as u64 + 1)
+            DistinctSet::Dense(d) => {
+                if d.hll.insert(hash) {
+                    d.reported = d.reported.max(d.hll.estimate());
+                }
             }
         }
     }
 
-    /// Empties the set, keeping a sparse set's memory for the next period.
+    fn count(&self) -> u64 {
+        match self {
+            DistinctSet::Sparse(v) => v.len() as u64,
+            DistinctSet::Dense(d) => d.reported,
+        }
+    }
+
+    /// Empties the set for a new period. A sparse set keeps its memory (the key is likely to
+    /// see as many values again); a sketch is freed.
     fn clear(&mut self) {
         match self {
-            Distinct::Sparse(v) => v.clear(),
-            Distinct::Dense(_) => *self = Distinct::Sparse(Vec::new()),
+            DistinctSet::Sparse(v) => v.clear(),
+            DistinctSet::Dense(_) => *self = DistinctSet::Sparse(Vec::new()),
         }
     }
 
-    fn bytes(&self) -> usize {
+    /// Heap bytes, with 16 bytes of allocator overhead per allocation.
+    fn heap_bytes(&self) -> usize {
         match self {
-            Distinct::Sparse(v) => v.capacity() * 8,
-            Distinct::Dense(_) => HLL_REGISTERS + 16,
+            DistinctSet::Sparse(v) if v.capacity() == 0 => 0,
+            DistinctSet::Sparse(v) => v.capacity() * 8 + 16,
+            DistinctSet::Dense(_) => std::mem::size_of::<Dense>() + 16,
         }
     }
 }
 
-/// One key's windows.
+/// One key of an occurrence counter. The values are those of the periods containing
+/// `last_add`.
 #[derive(Debug, Clone)]
-struct Entry {
+struct PlainEntry {
+    /// The latest time the key was counted at.
     last_add: i64,
-    periods: [i64; 4],
-    values: [u64; 4],
-    distinct: Option<Box<[Distinct; 4]>>,
+    total: u64,
+    /// Minute, hour, day.
+    periodic: [u32; 3],
 }
 
-/// Folds an already uniform 128-bit key to 64 bits: hashing it again would be wasted work.
-#[derive(Default)]
+/// One key of a distinct counter.
+#[derive(Debug, Clone)]
+struct DistinctEntry {
+    /// The latest time the key was counted at.
+    last_add: i64,
+    /// The first value counted. While `sets` is `None`, it is the only value ever counted, so
+    /// every declared window holds exactly `{first}` in the periods containing `last_add`.
+    first: u64,
+    /// One set per declared window, in the order of [`Window::ALL`], once a second value came.
+    sets: Option<Box<[DistinctSet]>>,
+}
+
+/// Folds an already uniform 128-bit key to 64 bits (one xor and one multiply, so that keys
+/// that are not uniform, such as small integers in tests, still spread over the table).
+#[derive(Debug, Default, Clone, Copy)]
 pub struct FoldHasher(u64);
 
 impl Hasher for FoldHasher {
     fn finish(&self) -> u64 {
         self.0
     }
+
     fn write(&mut self, bytes: &[u8]) {
         for chunk in bytes.chunks(8) {
             let mut b = [0u8; 8];
             b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0 ^ u64::from_le_bytes(b)).rotate_left(29);
+            self.0 = (self.0 ^ u64::from_le_bytes(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         }
     }
+
     fn write_u128(&mut self, k: u128) {
-        self.0 = (k as u64) ^ ((k >> 64) as u64);
+        self.0 = ((k as u64) ^ ((k >> 64) as u64) ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
-type KeyMap = HashMap<u128, Entry, BuildHasherDefault<FoldHasher>>;
+type KeyMap<E> = HashMap<u128, E, BuildHasherDefault<FoldHasher>>;
 
-/// Counters in memory, one map per counter.
+#[derive(Debug)]
+enum Keys {
+    Plain(KeyMap<PlainEntry>),
+    Distinct(KeyMap<DistinctEntry>),
+}
+
+/// What an add at `now` does to one window of a key last counted at `last_add`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Count in the key's current period.
+    Count,
+    /// A new period (or, for total, the key was forgotten): start again from this add.
+    Restart,
+    /// A late add for a period the window has left.
+    Skip,
+}
+
+impl Step {
+    /// The new occurrence count of a window that held `value`.
+    fn apply(self, value: u64) -> u64 {
+        match self {
+            Step::Count => value.saturating_add(1),
+            Step::Restart => 1,
+            Step::Skip => value,
+        }
+    }
+}
+
+/// How a counter's windows behave: what a counter needs besides its keys.
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    windows: WindowSet,
+    /// Never negative.
+    retention: i64,
+}
+
+impl Policy {
+    fn step(self, w: Window, last_add: i64, now: i64) -> Step {
+        match w {
+            Window::Total if now.saturating_sub(last_add) > self.retention => Step::Restart,
+            Window::Total => Step::Count,
+            w => match w.period(now).cmp(&w.period(last_add)) {
+                std::cmp::Ordering::Greater => Step::Restart,
+                std::cmp::Ordering::Equal => Step::Count,
+                std::cmp::Ordering::Less => Step::Skip,
+            },
+        }
+    }
+
+    /// Whether a read of `w` at `now` sees the key's value (`w` declared).
+    fn current(self, w: Window, last_add: i64, now: i64) -> bool {
+        match w {
+            Window::Total => now.saturating_sub(last_add) <= self.retention,
+            w => w.period(now) == w.period(last_add),
+        }
+    }
+
+    /// Whether some declared window still holds a value at `now` or later.
+    fn alive(self, last_add: i64, now: i64) -> bool {
+        self.windows.iter().any(|w| match w {
+            Window::Total => now.saturating_sub(last_add) <= self.retention,
+            w => w.period(last_add) >= w.period(now),
+        })
+    }
+
+    /// Where the set of declared window `w` is in a key's slice of distinct sets.
+    fn slot(self, w: Window) -> usize {
+        (self.windows.0 & ((1u8 << w.index()) - 1)).count_ones() as usize
+    }
+}
+
+#[derive(Debug)]
+struct Counter {
+    policy: Policy,
+    keys: Keys,
+}
+
+impl Counter {
+    fn len(&self) -> usize {
+        match &self.keys {
+            Keys::Plain(m) => m.len(),
+            Keys::Distinct(m) => m.len(),
+        }
+    }
+
+    fn add(&mut self, key: u128, distinct: Option<u64>, now: i64) {
+        let p = self.policy;
+        match &mut self.keys {
+            Keys::Plain(map) => {
+                let e = map.entry(key).or_insert(PlainEntry {
+                    last_add: now,
+                    total: 0,
+                    periodic: [0; 3],
+                });
+                let last_add = e.last_add;
+                for w in p.windows.iter() {
+                    let step = p.step(w, last_add, now);
+                    match w {
+                        Window::Total => e.total = step.apply(e.total),
+                        w => {
+                            let v = &mut e.periodic[w.index()];
+                            *v = u32::try_from(step.apply(u64::from(*v))).unwrap_or(u32::MAX);
+                        }
+                    }
+                }
+                e.last_add = last_add.max(now);
+            }
+            Keys::Distinct(map) => {
+                let Some(hash) = distinct else {
+                    return;
+                };
+                let e = match map.entry(key) {
+                    MapEntry::Vacant(v) => {
+                        v.insert(DistinctEntry {
+                            last_add: now,
+                            first: hash,
+                            sets: None,
+                        });
+                        return;
+                    }
+                    MapEntry::Occupied(o) => o.into_mut(),
+                };
+                let last_add = e.last_add;
+                let sets = match &mut e.sets {
+                    // Still a single value: every window that counts or restarts holds just it.
+                    None if hash == e.first => {
+                        e.last_add = last_add.max(now);
+                        return;
+                    }
+                    None => e.sets.insert(
+                        (0..p.windows.len())
+                            .map(|_| {
+                                let mut v = Vec::with_capacity(4);
+                                v.push(e.first);
+                                DistinctSet::Sparse(v)
+                            })
+                            .collect(),
+                    ),
+                    Some(sets) => sets,
+                };
+                for (set, w) in sets.iter_mut().zip(p.windows.iter()) {
+                    match p.step(w, last_add, now) {
+                        Step::Count => set.insert(hash),
+                        Step::Restart => {
+                            set.clear();
+                            set.insert(hash);
+                        }
+                        Step::Skip => {}
+                    }
+                }
+                e.last_add = last_add.max(now);
+            }
+        }
+    }
+
+    fn get(&self, key: u128, w: Window, now: i64) -> u64 {
+        let p = self.policy;
+        if !p.windows.contains(w) {
+            return 0;
+        }
+        match &self.keys {
+            Keys::Plain(map) => match map.get(&key) {
+                Some(e) if p.current(w, e.last_add, now) => match w {
+                    Window::Total => e.total,
+                    w => u64::from(e.periodic[w.index()]),
+                },
+                _ => 0,
+            },
+            Keys::Distinct(map) => match map.get(&key) {
+                Some(e) if p.current(w, e.last_add, now) => match &e.sets {
+                    None => 1,
+                    Some(sets) => sets[p.slot(w)].count(),
+                },
+                _ => 0,
+            },
+        }
+    }
+
+    fn sweep(&mut self, now: i64) -> usize {
+        fn sweep_map<E>(map: &mut KeyMap<E>, alive: impl Fn(&E) -> bool) -> usize {
+            let before = map.len();
+            map.retain(|_, e| alive(e));
+            // Give memory back after a spike, with hysteresis so that a map which refills at
+            // every period is not resized back and forth.
+            if map.capacity() > 4096 && map.capacity() > 4 * map.len() {
+                map.shrink_to(2 * map.len());
+            }
+            before - map.len()
+        }
+        let p = self.policy;
+        match &mut self.keys {
+            Keys::Plain(map) => sweep_map(map, |e| p.alive(e.last_add, now)),
+            Keys::Distinct(map) => sweep_map(map, |e| p.alive(e.last_add, now)),
+        }
+    }
+
+    fn approx_bytes(&self) -> usize {
+        fn table_bytes<E>(map: &KeyMap<E>) -> usize {
+            // The standard map keeps 1/8 of its buckets free (a small one, one bucket).
+            let cap = map.capacity();
+            let buckets = match cap {
+                0 => return 0,
+                1..=6 => (cap + 1).next_power_of_two(),
+                _ => (cap * 8 / 7).next_power_of_two(),
+            };
+            buckets * (std::mem::size_of::<(u128, E)>() + 1) + 16
+        }
+        match &self.keys {
+            Keys::Plain(map) => table_bytes(map),
+            Keys::Distinct(map) => {
+                table_bytes(map)
+                    + map
+                        .values()
+                        .filter_map(|e| e.sets.as_deref())
+                        .map(|sets| {
+                            std::mem::size_of_val(sets)
+                                + 16
+                                + sets.iter().map(DistinctSet::heap_bytes).sum::<usize>()
+                        })
+                        .sum::<usize>()
+            }
+        }
+    }
+}
+
+/// Counters in memory, one hash map per counter. See the [module documentation](self) for the
+/// semantics, the memory layout and the sweeping strategy.
 #[derive(Debug)]
 pub struct MemoryCounters {
-    specs: Vec<CounterSpec>,
-    maps: Vec<KeyMap>,
+    counters: Vec<Counter>,
     adds_since_sweep: u64,
-    last_now: i64,
+    /// The latest `now` passed to `add`: automatic sweeps run at this time.
+    latest: i64,
 }
 
+/// Automatic sweeps wait for at least this many adds.
+const SWEEP_EVERY: u64 = 65_536;
+
 impl MemoryCounters {
-    /// Counters for `specs`, indexed as given.
+    /// Counters for `specs`; `add` and `get` take the index of a spec in this vector (an index
+    /// out of range panics).
     pub fn new(specs: Vec<CounterSpec>) -> Self {
-        let maps = specs.iter().map(|_| KeyMap::default()).collect();
+        let counters = specs
+            .into_iter()
+            .map(|spec| Counter {
+                policy: Policy {
+                    windows: spec.windows,
+                    retention: spec.retention_micros.max(0),
+                },
+                keys: if spec.distinct {
+                    Keys::Distinct(KeyMap::default())
+                } else {
+                    Keys::Plain(KeyMap::default())
+                },
+            })
+            .collect();
         MemoryCounters {
-            specs,
-            maps,
+            counters,
             adds_since_sweep: 0,
-            last_now: i64::MIN,
+            latest: i64::MIN,
         }
     }
 
-    /// Live keys across all counters.
+    /// Keys stored across all counters (including keys whose windows have all expired but
+    /// that no sweep has removed yet).
     pub fn len(&self) -> usize {
-        self.maps.iter().map(HashMap::len).sum()
+        self.counters.iter().map(Counter::len).sum()
     }
 
     /// Whether no key is stored.
@@ -296,96 +671,38 @@ impl MemoryCounters {
         self.len() == 0
     }
 
-    /// Approximate memory held, in bytes.
+    /// Approximate heap memory held, in bytes: hash tables at their allocated capacity, and
+    /// distinct sets and sketches (with 16 bytes of allocator overhead per allocation).
     pub fn approx_bytes(&self) -> usize {
-        self.maps
+        self.counters
             .iter()
-            .map(|m| {
-                m.capacity() * (std::mem::size_of::<(u128, Entry)>() + 1)
-                    + m.values()
-                        .filter_map(|e| e.distinct.as_ref())
-                        .map(|d| d.iter().map(Distinct::bytes).sum::<usize>() + 4 * 32)
-                        .sum::<usize>()
-            })
-            .sum()
+            .map(Counter::approx_bytes)
+            .sum::<usize>()
+            + self.counters.capacity() * std::mem::size_of::<Counter>()
     }
 
-    fn alive(spec: &CounterSpec, e: &Entry, now: i64) -> bool {
-        spec.windows.iter().any(|w| match w {
-            Window::Total => now - e.last_add <= spec.retention_micros,
-            w => e.periods[w.index()] == w.period(now),
-        })
-    }
-
-    /// Forgets every key whose windows have all rolled over or whose total is past retention.
-    /// Returns how many keys were removed. `add` calls this itself, amortised: once the number
-    /// of adds since the last sweep exceeds half the number of keys (and 65,536), so sweeping
-    /// costs O(1) per add on average.
+    /// Removes every key none of whose declared windows holds a value at `now` or later: all
+    /// of its `minute`/`hour`/`day` periods are before the one containing `now`, and its
+    /// `total` is past retention or not declared. Then shrinks maps left mostly empty. Returns
+    /// how many keys were removed. Costs a pass over every stored key; `add` calls it by
+    /// itself (see the [module documentation](self)).
     pub fn sweep(&mut self, now: i64) -> usize {
-        let mut removed = 0;
-        for (spec, map) in self.specs.iter().zip(&mut self.maps) {
-            let before = map.len();
-            map.retain(|_, e| Self::alive(spec, e, now));
-            removed += before - map.len();
-        }
         self.adds_since_sweep = 0;
-        removed
+        self.counters.iter_mut().map(|c| c.sweep(now)).sum()
     }
 }
 
 impl CounterStore for MemoryCounters {
     fn add(&mut self, counter: usize, key: u128, distinct: Option<u64>, now: i64) {
+        self.counters[counter].add(key, distinct, now);
+        self.latest = self.latest.max(now);
         self.adds_since_sweep += 1;
-        self.last_now = self.last_now.max(now);
-        let spec = &self.specs[counter];
-        let entry = self.maps[counter].entry(key).or_insert_with(|| Entry {
-            last_add: now,
-            periods: [i64::MIN; 4],
-            values: [0; 4],
-            distinct: spec
-                .distinct
-                .then(|| Box::new(std::array::from_fn(|_| Distinct::Sparse(Vec::new())))),
-        });
-        for w in spec.windows.iter() {
-            let i = w.index();
-            let period = w.period(now);
-            let expired = match w {
-                Window::Total => now - entry.last_add > spec.retention_micros,
-                _ => entry.periods[i] != period,
-            };
-            if expired || entry.periods[i] == i64::MIN {
-                entry.periods[i] = period;
-                entry.values[i] = 0;
-                if let Some(d) = &mut entry.distinct {
-                    d[i].clear();
-                }
-            }
-            entry.values[i] = match (&mut entry.distinct, distinct) {
-                (Some(d), Some(hash)) => d[i].insert(hash),
-                (Some(_), None) => entry.values[i],
-                (None, _) => entry.values[i] + 1,
-            };
-        }
-        entry.last_add = now;
-        if self.adds_since_sweep > 65_536 && 2 * self.adds_since_sweep > self.len() as u64 {
-            let now = self.last_now;
-            self.sweep(now);
+        if self.adds_since_sweep >= SWEEP_EVERY && 2 * self.adds_since_sweep >= self.len() as u64 {
+            self.sweep(self.latest);
         }
     }
 
     fn get(&self, counter: usize, key: u128, window: Window, now: i64) -> u64 {
-        let spec = &self.specs[counter];
-        if !spec.windows.contains(window) {
-            return 0;
-        }
-        let Some(e) = self.maps[counter].get(&key) else {
-            return 0;
-        };
-        let i = window.index();
-        let current = match window {
-            Window::Total => now - e.last_add <= spec.retention_micros,
-            w => e.periods[i] == w.period(now),
-        };
-        if current { e.values[i] } else { 0 }
+        self.counters[counter].get(key, window, now)
     }
 }

@@ -2,12 +2,12 @@
 //! the actions of those that fire.
 
 use crate::Mode;
-use crate::action::{Action, Subject as ActionSubject, Verb};
+use crate::action::{Action, Subject as ActionSubject};
 use crate::counter::CounterStore;
 use crate::eval::{Cx, key_hash, value_hash};
 use crate::frame::{Frame, Scratch};
 use crate::input::Input;
-use crate::ruleset::{Ruleset, TargetKind, Template, TemplatePart, VerbTemplate};
+use crate::ruleset::{Ruleset, TargetKind, Template, TemplatePart};
 use crate::value::{Owned, Val};
 
 /// One rule that fired on one unit.
@@ -195,41 +195,7 @@ fn bind<'a>(ruleset: &'a Ruleset, index: usize, cx: &Cx<'_, 'a>) -> Firing {
         .actions
         .iter()
         .map(|a| {
-            let verb = match &a.verb {
-                VerbTemplate::Label {
-                    value,
-                    negate,
-                    expires_in,
-                } => Verb::Label {
-                    value: value.clone(),
-                    negate: *negate,
-                    expires_in: *expires_in,
-                },
-                VerbTemplate::Tag { tags } => Verb::Tag { tags: tags.clone() },
-                VerbTemplate::Flag { value } => Verb::Flag {
-                    value: value.clone(),
-                },
-                VerbTemplate::Report { reason, comment } => Verb::Report {
-                    reason: reason.clone(),
-                    comment: render(comment, cx),
-                },
-                VerbTemplate::Takedown { comment } => Verb::Takedown {
-                    comment: render(comment, cx),
-                },
-                VerbTemplate::Escalate { comment } => Verb::Escalate {
-                    comment: render(comment, cx),
-                },
-                VerbTemplate::Acknowledge { comment } => Verb::Acknowledge {
-                    comment: render(comment, cx),
-                },
-                VerbTemplate::Comment { comment } => Verb::Comment {
-                    comment: render(comment, cx),
-                },
-                VerbTemplate::Notify { webhook, message } => Verb::Notify {
-                    webhook: webhook.clone(),
-                    message: render(message, cx),
-                },
-            };
+            let verb = a.verb.map(|t| render(t, cx));
             let subject = match (a.target, &record_subject) {
                 (TargetKind::Record, Some(s)) => s.clone(),
                 _ => ActionSubject::Account { did: did.clone() },

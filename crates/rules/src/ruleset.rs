@@ -205,41 +205,7 @@ pub struct ActionTemplate {
 }
 
 /// A [`crate::action::Verb`] with templates not yet rendered.
-#[derive(Debug, Clone)]
-#[allow(missing_docs)]
-pub enum VerbTemplate {
-    Label {
-        value: String,
-        negate: bool,
-        expires_in: Option<i64>,
-    },
-    Tag {
-        tags: Vec<String>,
-    },
-    Flag {
-        value: String,
-    },
-    Report {
-        reason: String,
-        comment: Template,
-    },
-    Takedown {
-        comment: Template,
-    },
-    Escalate {
-        comment: Template,
-    },
-    Acknowledge {
-        comment: Template,
-    },
-    Comment {
-        comment: Template,
-    },
-    Notify {
-        webhook: String,
-        message: Template,
-    },
-}
+pub type VerbTemplate = crate::action::Verb<Template>;
 
 /// Where something was declared.
 #[derive(Debug, Clone, PartialEq, Eq)]

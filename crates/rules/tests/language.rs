@@ -464,11 +464,10 @@ label = "spam"
 
 #[test]
 fn lists_reload_without_recompiling() {
-    let mut rs = ruleset(
-        r#"
+    const RULES: &str = r#"
 [[list]]
 name = "blocked"
-items = ["did:plc:bad"]
+file = "lists/blocked.txt"
 
 [[rule]]
 name = "blocked-reply"
@@ -476,38 +475,29 @@ on = ["post"]
 when = "record.post.reply.parent.did in lists.blocked"
 [[rule.action]]
 flag = "x"
-"#,
-    );
+"#;
     let reply = serde_json::json!({"text": "x", "reply": {
         "parent": {"uri": "at://did:plc:new/app.bsky.feed.post/1", "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"},
         "root": {"uri": "at://did:plc:new/app.bsky.feed.post/1", "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"}}});
+    let mut rs = ruleset_with_lists(RULES, &[("lists/blocked.txt", "did:plc:bad\n")]);
     let version = rs.version.clone();
-    let lists = skywarden_rules::lists::Lists::build(vec![skywarden_rules::lists::ListSource {
-        name: "blocked".into(),
-        items: vec!["did:plc:new".into()],
-    }])
-    .unwrap();
-    let mut before = Run::new(ruleset(
-        r#"
-[[list]]
-name = "blocked"
-items = ["did:plc:bad"]
-
-[[rule]]
-name = "blocked-reply"
-on = ["post"]
-when = "record.post.reply.parent.did in lists.blocked"
-[[rule.action]]
-flag = "x"
-"#,
+    let mut before = Run::new(ruleset_with_lists(
+        RULES,
+        &[("lists/blocked.txt", "did:plc:bad\n")],
     ));
     assert!(
         before
             .post(DID, T0, reply.clone(), &Account::default())
             .is_empty()
     );
+    // The list file changes on disk: reload it, keep the compiled rules.
+    let edited = |p: &Path| -> std::io::Result<String> {
+        assert_eq!(p, Path::new("lists/blocked.txt"));
+        Ok("did:plc:bad\ndid:plc:new\n".into())
+    };
+    let lists = rs.reload_lists(&edited).unwrap();
     rs.set_lists(lists);
-    assert_eq!(rs.version, version);
+    assert_eq!(rs.version, version, "rules did not change");
     let mut after = Run::new(rs);
     assert_eq!(
         names(&after.post(DID, T0, reply, &Account::default())),
