@@ -110,6 +110,8 @@ pub enum Builtin {
     Hamming,
     /// `account.followed_by(did)`
     FollowedBy,
+    /// `record.get("path.to.field")`: any record field, as text.
+    RecordGet,
 }
 
 /// Comprehension macros.
@@ -918,6 +920,20 @@ impl Compiler<'_> {
                     Some(&args[0]),
                 )
             }
+            ("get", Some(t), 1) if path_of(t).as_deref() == Some("record") => {
+                let path = self.const_str(&args[0], "the field path of record.get()")?;
+                if path.is_empty() || path.split('.').any(str::is_empty) {
+                    return err(
+                        self.offset(&args[0]),
+                        format!("`{path}` is not a field path"),
+                        Some("write a dotted path such as \"embed.external.uri\"".into()),
+                    );
+                }
+                let source = format!("record.get({path:?})");
+                let node = Node::Call(Builtin::RecordGet, Box::new([Node::Lit(Lit::Str(path))]));
+                self.observed.push((source, node.clone()));
+                Ok((node, Ty::String))
+            }
             ("followed_by", Some(t), 1) if path_of(t).as_deref() == Some("account") => {
                 let did = self.want(&args[0], Ty::String, "the DID")?;
                 Ok((Node::Call(Builtin::FollowedBy, Box::new([did])), Ty::Bool))
@@ -966,6 +982,7 @@ impl Compiler<'_> {
                 "domain",
                 "did",
                 "split",
+                "get",
                 "hamming",
                 "int",
                 "double",

@@ -38,7 +38,9 @@
 //! - **Distinct counters** count distinct 64-bit value hashes per key and window. They are
 //!   exact while a window holds at most [`SPARSE_LIMIT`] (48) values: the set of hashes is
 //!   kept sorted. The 49th distinct value switches that window, for the rest of its period, to
-//!   a HyperLogLog sketch ([`Hll`]: 4,096 one-byte registers, standard error about 1.6 %),
+//!   a HyperLogLog sketch ([`Hll`]: 4,096 one-byte registers, standard error about 1.6 %;
+//!   near 10,000 values, where the estimator switches from linear counting to the raw
+//!   estimate, the error is larger, about 3 % root mean square with a +1.7 % bias),
 //!   whose estimate is reported as at least 49 and never decreases within a period. Each
 //!   window switches on its own: a `minute` with 3 values stays exact while the `day` is
 //!   estimated. An add without a distinct value on a distinct counter does nothing (not even
@@ -49,13 +51,15 @@
 //!
 //! One hash map per counter, keyed by the `u128` key with [`FoldHasher`] (the key is already
 //! a uniform hash). Every entry is 32 bytes, so a slot with its key is 48 bytes, plus one
-//! control byte; with the map's load factor (between 7/16 and 7/8) a key costs 55 to 110
-//! bytes, about 70 on average. A distinct key that has only ever seen one value keeps that
-//! value inline; more values cost one slice of per-window sets (24 bytes per declared window)
-//! and a sorted vector per window (8 bytes a value, at most 48), or 4 KiB per window once that
-//! window is estimated. Adding to an existing key of a plain counter, or adding a value already
-//! counted to a distinct key that has only seen that value, never allocates; reads never
-//! allocate. [`MemoryCounters::approx_bytes`] reports the total.
+//! control byte; with the map's load factor (between 7/16 and 7/8) a key costs 56 to 112
+//! bytes (102 measured with a million keys). A distinct key that has only ever seen one value
+//! keeps it inline, at no further cost; a second value adds a slice of per-window sets (24
+//! bytes per declared window) and a sorted vector per window (8 bytes a value, at most 48),
+//! or 4 KiB per window once that window is estimated (measured with `day` and `total`: 262
+//! bytes a key with two values, 454 with ten). Adds to an existing key allocate only when a
+//! distinct set grows (a key's second value, a vector's growth, the switch to a sketch, a new
+//! sparse set after a sketched period); reads never allocate. [`MemoryCounters::approx_bytes`]
+//! reports the total.
 //!
 //! # Sweeping
 //!
@@ -65,7 +69,7 @@
 //! sweeps by itself, amortised: a full sweep, at the latest `now` seen so far, once the adds
 //! since the last sweep reach both 65,536 and half the number of stored keys. Its cost is
 //! proportional to the stored keys, so each add pays for at most about two key visits on
-//! average; the price is an occasional pause (roughly 10 ns a key: 10 ms for a million keys)
+//! average; the price is an occasional pause (15 to 25 ms per million stored keys, measured)
 //! on the add that triggers it. Engines that mind the pause call `sweep` themselves off the hot
 //! path, which resets the countdown.
 
@@ -202,7 +206,10 @@ const HLL_MAX_RANK: u32 = 64 - HLL_BITS + 1;
 /// error 1.04 / √4096 ≈ 1.6 %. The top 12 bits of a hash pick the register, the rank of the
 /// first set bit of the rest is its value. The estimate is the standard one (harmonic mean
 /// with the bias constant α), with linear counting below 2.5 × 4,096 while some register is
-/// still zero; no large-range correction is needed with 64-bit hashes.
+/// still zero; no large-range correction is needed with 64-bit hashes. That switch is the
+/// estimator's weak spot: around 10,000 values the raw estimate is biased upwards and the
+/// error is about 3 % root mean square (measured over 100 input sets: +1.7 % bias), against
+/// 1.2 to 1.6 % below 5,000 and above 15,000.
 ///
 /// The harmonic sum is kept up to date, exactly, as registers change, so [`Hll::estimate`]
 /// costs a division (and a logarithm in the small range), not a pass over the registers.
@@ -394,6 +401,10 @@ impl Hasher for FoldHasher {
         self.0 = ((k as u64) ^ ((k >> 64) as u64) ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
+
+// A slot (key and entry) stays at 48 bytes (40 where `u128` is 8-byte aligned).
+const _: () = assert!(std::mem::size_of::<(u128, PlainEntry)>() <= 48);
+const _: () = assert!(std::mem::size_of::<(u128, DistinctEntry)>() <= 48);
 
 type KeyMap<E> = HashMap<u128, E, BuildHasherDefault<FoldHasher>>;
 

@@ -261,6 +261,20 @@ impl<'a> Cx<'_, 'a> {
                     Val::Str(out.into_bump_str())
                 }
             },
+            (Builtin::RecordGet, Val::Str(path)) => {
+                use skywarden_atproto::data::Ipld;
+                match f.record().and_then(|r| r.get_path(path)) {
+                    Some(Ipld::String(s)) => Val::Str(s),
+                    Some(Ipld::Integer(i)) => {
+                        Val::Str(bumpalo::format!(in f.bump, "{}", i).into_bump_str())
+                    }
+                    Some(Ipld::Bool(b)) => Val::Str(if *b { "true" } else { "false" }),
+                    Some(Ipld::Link(cid)) => {
+                        Val::Str(bumpalo::format!(in f.bump, "{}", cid).into_bump_str())
+                    }
+                    _ => Val::Missing,
+                }
+            }
             (Builtin::FollowedBy, Val::Str(did)) => match &f.input.account.followed_by {
                 Some(set) => Val::Bool(set.contains(did)),
                 None => Val::Missing,

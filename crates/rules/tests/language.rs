@@ -504,3 +504,54 @@ flag = "x"
         ["blocked-reply"]
     );
 }
+
+#[test]
+fn generic_field_access_for_other_collections() {
+    let rs = ruleset(
+        r#"
+[[rule]]
+name = "whtwnd-entry"
+on = ["com.whtwnd.blog.entry"]
+when = 'record.get("title").contains("giveaway") && record.get("visibility") == "public" && record.get("stats.views") == "12"'
+[[rule.action]]
+flag = "x"
+"#,
+    );
+    let mut run = Run::new(rs);
+    let a = Account::default();
+    let entry = serde_json::json!({"title": "crypto giveaway", "visibility": "public", "stats": {"views": 12}});
+    let f = run.record(
+        DID,
+        T0,
+        "com.whtwnd.blog.entry",
+        OpAction::Create,
+        Some(entry),
+        &a,
+    );
+    assert_eq!(names(&f), ["whtwnd-entry"]);
+    assert_eq!(
+        f[0].explanation,
+        [
+            (
+                "record.get(\"title\")".to_string(),
+                "crypto giveaway".to_string()
+            ),
+            (
+                "record.get(\"visibility\")".to_string(),
+                "public".to_string()
+            ),
+            ("record.get(\"stats.views\")".to_string(), "12".to_string()),
+        ]
+    );
+    // A missing field is missing: the rule stays quiet.
+    let entry = serde_json::json!({"visibility": "public"});
+    let f = run.record(
+        DID,
+        T0,
+        "com.whtwnd.blog.entry",
+        OpAction::Create,
+        Some(entry),
+        &a,
+    );
+    assert!(f.is_empty());
+}
