@@ -189,6 +189,8 @@ pub enum Node {
     Call(Builtin, Box<[Node]>),
     /// `has(field)`
     Has(Reader),
+    /// `x.orValue(d)`: `d` where `x` is missing.
+    OrValue(Box<[Node; 2]>),
     /// A comprehension.
     Loop {
         /// Which macro.
@@ -934,6 +936,21 @@ impl Compiler<'_> {
                 self.observed.push((source, node.clone()));
                 Ok((node, Ty::String))
             }
+            ("orValue", Some(t), 1) => {
+                let (value, ty) = self.expr(t)?;
+                if matches!(ty, Ty::Object | Ty::NamedList) {
+                    return err(self.offset(t), format!("a {ty} has no value to default"), None);
+                }
+                let (default, dty) = self.expr(&args[0])?;
+                if dty != ty && !(is_numeric(ty) && is_numeric(dty)) {
+                    return err(
+                        self.offset(&args[0]),
+                        format!("the default of orValue() must be a {ty}, found {dty}"),
+                        None,
+                    );
+                }
+                Ok((Node::OrValue(Box::new([value, default])), ty))
+            }
             ("followed_by", Some(t), 1) if path_of(t).as_deref() == Some("account") => {
                 let did = self.want(&args[0], Ty::String, "the DID")?;
                 Ok((Node::Call(Builtin::FollowedBy, Box::new([did])), Ty::Bool))
@@ -983,6 +1000,7 @@ impl Compiler<'_> {
                 "did",
                 "split",
                 "get",
+                "orValue",
                 "hamming",
                 "int",
                 "double",

@@ -138,6 +138,10 @@ impl<'a> Cx<'_, 'a> {
                 _ => Val::Missing,
             },
             Node::Has(read) => Val::Bool(!read(f).is_missing()),
+            Node::OrValue(xd) => match self.eval(&xd[0]) {
+                Val::Missing => self.eval(&xd[1]),
+                v => v,
+            },
             Node::Call(b, args) => self.call(*b, args),
             Node::Loop {
                 kind,

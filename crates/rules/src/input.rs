@@ -20,6 +20,8 @@ pub struct Account {
     pub first_seen: Option<i64>,
     /// Whether this event is the first one this deployment has seen from the account.
     pub first_event: bool,
+    /// Whether the profile has an avatar, if known.
+    pub has_avatar: Option<bool>,
     /// Number of posts, if known.
     pub posts: Option<i64>,
     /// Number of followers, if known.

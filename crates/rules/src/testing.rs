@@ -45,6 +45,7 @@ pub struct AccountDoc {
     #[serde(default)]
     tags: Vec<String>,
     followed_by: Option<Vec<String>>,
+    has_avatar: Option<bool>,
 }
 
 /// One event of a test, as written in rule files.
@@ -187,6 +188,7 @@ fn account(doc: Option<&AccountDoc>, now: i64) -> Result<Account, DocError> {
         labels: d.labels.clone(),
         tags: d.tags.clone(),
         followed_by: d.followed_by.as_ref().map(|v| v.iter().cloned().collect()),
+        has_avatar: d.has_avatar,
     })
 }
 
@@ -495,9 +497,14 @@ pub fn capture_events(text: &str, base: &Account) -> Result<Vec<(Event, Account)
         .as_str()
         .ok_or("capture has no accountMeta.Identity.DID")?;
     let mut account = base.clone();
+    // What the capture knew about the account fills what the fixture did not say.
     if account.handle.is_none() {
         account.handle = meta["Identity"]["Handle"].as_str().map(str::to_string);
     }
+    account.has_avatar = account.has_avatar.or(meta["Profile"]["HasAvatar"].as_bool());
+    account.followers = account.followers.or(meta["FollowersCount"].as_i64());
+    account.follows = account.follows.or(meta["FollowsCount"].as_i64());
+    account.posts = account.posts.or(meta["PostsCount"].as_i64());
     let mut posts: Vec<(i64, Event)> = Vec::new();
     for p in v["postRecords"].as_array().map_or(&[][..], Vec::as_slice) {
         let uri = p["uri"].as_str().ok_or("post without uri")?;
@@ -553,8 +560,8 @@ pub fn capture_events(text: &str, base: &Account) -> Result<Vec<(Event, Account)
 }
 
 /// Reads the optional `account` object of an event line: what enrichment knew about the author
-/// (`handle`, `pdsHost`, `createdAt`, `firstSeen`, `followers`, `follows`, `posts`, `labels`,
-/// `tags`, `followedBy`). Lines without one give `None`.
+/// (`handle`, `pdsHost`, `createdAt`, `firstSeen`, `hasAvatar`, `followers`, `follows`, `posts`,
+/// `labels`, `tags`, `followedBy`). Lines without one give `None`.
 pub fn account_from_json(v: &serde_json::Value) -> Result<Option<Account>, String> {
     let Some(a) = v.get("account").filter(|a| a.is_object()) else {
         return Ok(None);
@@ -585,6 +592,7 @@ pub fn account_from_json(v: &serde_json::Value) -> Result<Option<Account>, Strin
         created_at: time("createdAt")?,
         first_seen: time("firstSeen")?,
         first_event: false,
+        has_avatar: a["hasAvatar"].as_bool(),
         posts: a["posts"].as_i64(),
         followers: a["followers"].as_i64(),
         follows: a["follows"].as_i64(),

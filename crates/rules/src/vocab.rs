@@ -333,6 +333,8 @@ fields! {
         => |f| age(f, f.input.account.first_seen);
     "account.first_event": Bool = "whether this is the first event seen from the account"
         => |f| b(f.input.account.first_event);
+    "account.has_avatar": Bool ?o = "whether the account's profile has an avatar"
+        => |f| f.input.account.has_avatar.map_or(Val::Missing, Val::Bool);
     "account.posts": Int ?o = "number of posts"
         => |f| Val::opt_int(f.input.account.posts);
     "account.followers": Int ?o = "number of followers"
