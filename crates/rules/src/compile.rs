@@ -88,6 +88,8 @@ pub enum Builtin {
     EndsWith,
     /// `s.lower()`
     Lower,
+    /// `s.trim()`: without surrounding whitespace.
+    Trim,
     /// `s.normalize()`
     Normalize,
     /// `s.tokens()`
@@ -974,6 +976,7 @@ impl Compiler<'_> {
             "startsWith" => Some((Builtin::StartsWith, &[Ty::String, Ty::String], Ty::Bool)),
             "endsWith" => Some((Builtin::EndsWith, &[Ty::String, Ty::String], Ty::Bool)),
             "lower" | "lowerAscii" => Some((Builtin::Lower, &[Ty::String], Ty::String)),
+            "trim" => Some((Builtin::Trim, &[Ty::String], Ty::String)),
             "normalize" => Some((Builtin::Normalize, &[Ty::String], Ty::String)),
             "tokens" => Some((Builtin::Tokens, &[Ty::String], Ty::List)),
             "host" => Some((Builtin::Host, &[Ty::String], Ty::String)),
@@ -999,6 +1002,7 @@ impl Compiler<'_> {
                 "domain",
                 "did",
                 "split",
+                "trim",
                 "get",
                 "orValue",
                 "hamming",

@@ -221,6 +221,7 @@ impl<'a> Cx<'_, 'a> {
                     Val::Str(s)
                 }
             }
+            (Builtin::Trim, Val::Str(s)) => Val::Str(s.trim()),
             (Builtin::Normalize, Val::Str(s)) => Val::Str(if f.is_text(s) {
                 f.normalized()
             } else {
