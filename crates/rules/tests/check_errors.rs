@@ -138,4 +138,15 @@ fn the_default_ruleset_checks_clean() {
     });
     assert!(!rs.rules.is_empty());
     assert!(rs.version.starts_with("sha256:"));
+    // Every default rule proves both directions: a case where it fires and one where it must not.
+    for (i, rule) in rs.rules.iter().enumerate() {
+        let fires = rs.tests.iter().any(|t| t.rule == i && t.expect_fire);
+        let passes = rs.tests.iter().any(|t| t.rule == i && !t.expect_fire);
+        assert!(fires && passes, "{} needs a firing and a passing test case", rule.name);
+    }
+    // And every test passes.
+    let read = |p: &Path| std::fs::read_to_string(dir.join(p));
+    for outcome in skywarden_rules::testing::run_all(&rs, &read) {
+        assert!(outcome.passed, "{}: {:?}", outcome.name, outcome.detail);
+    }
 }
