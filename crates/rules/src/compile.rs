@@ -941,7 +941,11 @@ impl Compiler<'_> {
             ("orValue", Some(t), 1) => {
                 let (value, ty) = self.expr(t)?;
                 if matches!(ty, Ty::Object | Ty::NamedList) {
-                    return err(self.offset(t), format!("a {ty} has no value to default"), None);
+                    return err(
+                        self.offset(t),
+                        format!("a {ty} has no value to default"),
+                        None,
+                    );
                 }
                 let (default, dty) = self.expr(&args[0])?;
                 if dty != ty && !(is_numeric(ty) && is_numeric(dty)) {
@@ -1120,7 +1124,21 @@ impl Compiler<'_> {
             (Some((op::CONDITIONAL, a)), Expr::Literal(LiteralValue::Int(_))) => {
                 (Loop::ExistsOne, &a[0])
             }
-            (Some((op::CONDITIONAL, a)), Expr::List(_)) => (Loop::Filter, &a[0]),
+            (Some((op::CONDITIONAL, a)), Expr::List(_)) => {
+                // `filter` appends the item itself; the three-argument `map(x, p, f)` appends a
+                // transform of it, which is not supported (and must not run as a filter).
+                let appends_item = matches!(call_of(&a[1]), Some((op::ADD, parts))
+                    if matches!(&parts[1].expr, Expr::List(l) if l.elements.len() == 1
+                        && matches!(&l.elements[0].expr, Expr::Ident(n) if *n == c.iter_var)));
+                if !appends_item {
+                    return err(
+                        self.offset(e),
+                        "map() with a filter is not supported",
+                        Some("write l.filter(x, p).map(x, f)".into()),
+                    );
+                }
+                (Loop::Filter, &a[0])
+            }
             (Some((op::ADD, a)), Expr::List(_)) => match &a[1].expr {
                 Expr::List(l) if l.elements.len() == 1 => (Loop::Map, &l.elements[0]),
                 _ => return err(self.offset(e), "unsupported comprehension", None),

@@ -501,7 +501,9 @@ pub fn capture_events(text: &str, base: &Account) -> Result<Vec<(Event, Account)
     if account.handle.is_none() {
         account.handle = meta["Identity"]["Handle"].as_str().map(str::to_string);
     }
-    account.has_avatar = account.has_avatar.or(meta["Profile"]["HasAvatar"].as_bool());
+    account.has_avatar = account
+        .has_avatar
+        .or(meta["Profile"]["HasAvatar"].as_bool());
     account.followers = account.followers.or(meta["FollowersCount"].as_i64());
     account.follows = account.follows.or(meta["FollowsCount"].as_i64());
     account.posts = account.posts.or(meta["PostsCount"].as_i64());

@@ -142,7 +142,11 @@ fn the_default_ruleset_checks_clean() {
     for (i, rule) in rs.rules.iter().enumerate() {
         let fires = rs.tests.iter().any(|t| t.rule == i && t.expect_fire);
         let passes = rs.tests.iter().any(|t| t.rule == i && !t.expect_fire);
-        assert!(fires && passes, "{} needs a firing and a passing test case", rule.name);
+        assert!(
+            fires && passes,
+            "{} needs a firing and a passing test case",
+            rule.name
+        );
     }
     // And every test passes.
     let read = |p: &Path| std::fs::read_to_string(dir.join(p));
