@@ -236,6 +236,19 @@ pub fn normalize_into(input: &str, out: &mut String) {
 
 /// Steps 3 and 4 of [`normalize_into`] for one NFKC character.
 fn push_folded(out: &mut String, pending_space: &mut bool, c: char) {
+    // ASCII, most of any text: whitespace, control or a letter to lower-case; no table lookups.
+    if c.is_ascii() {
+        if c.is_ascii_whitespace() {
+            *pending_space = !out.is_empty();
+        } else if !c.is_ascii_control() {
+            if *pending_space {
+                out.push(' ');
+                *pending_space = false;
+            }
+            out.push(c.to_ascii_lowercase());
+        }
+        return;
+    }
     if is_blank(c) {
         *pending_space = !out.is_empty();
         return;
