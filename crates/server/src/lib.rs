@@ -1,0 +1,1 @@
+//! skywarden HTTP surface.

@@ -1,0 +1,584 @@
+//! Persistence for skywarden, behind one type per concern: the embedded default is SQLite in
+//! the data directory (`skywarden.db`, WAL journal).
+//!
+//! What lives here, and the guarantees the engine builds on:
+//!
+//! - the **effect log** — append-only, one row per effect, unique by idempotency key, so a
+//!   replay after a crash cannot log an effect twice;
+//! - **subject state** — labels, tags, open reports and takedowns currently applied, per mode,
+//!   against which effects are de-duplicated;
+//! - **quota usage** per action verb and UTC day;
+//! - **checkpoints** (a source's cursor) and **snapshots** (opaque state blobs: counters,
+//!   account state), written in the same transaction as each other so they always agree;
+//! - **sink cursors**: how far each sink has consumed the effect log.
+//!
+//! The store decides nothing: de-duplication and quota policy belong to the engine, which
+//! reads and writes through a [`Tx`] so that an effect, the state it changes and the quota it
+//! uses commit together or not at all.
+
+#![warn(missing_docs)]
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A storage failure: the database could not be opened, read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("store: {context}: {source}")]
+pub struct StoreError {
+    context: String,
+    #[source]
+    source: sqlx::Error,
+}
+
+fn err(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError { context, source }
+}
+
+/// The result type of store operations.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS effects (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    event_time INTEGER NOT NULL,
+    logged_at INTEGER NOT NULL,
+    cursor INTEGER NOT NULL,
+    did TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    ruleset_version TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    verb TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    action TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS effects_subject ON effects (subject);
+CREATE INDEX IF NOT EXISTS effects_rule ON effects (rule);
+CREATE TABLE IF NOT EXISTS subject_state (
+    mode TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    since INTEGER NOT NULL,
+    PRIMARY KEY (mode, subject, kind, value)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quota_usage (
+    day INTEGER NOT NULL,
+    verb TEXT NOT NULL,
+    used INTEGER NOT NULL,
+    PRIMARY KEY (day, verb)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    source TEXT PRIMARY KEY,
+    cursor INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    name TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sink_cursors (
+    sink TEXT PRIMARY KEY,
+    last_id INTEGER NOT NULL
+);
+"#;
+
+/// The store: a pool of SQLite connections.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// One effect to append to the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEffect {
+    /// Unique per (event, op, rule, action): a replay produces the same key.
+    pub idempotency_key: String,
+    /// The event's time (µs since the epoch).
+    pub event_time: i64,
+    /// The source cursor of the event.
+    pub cursor: i64,
+    /// The DID whose event fired the rule.
+    pub did: String,
+    /// The rule that fired.
+    pub rule: String,
+    /// The ruleset version (content hash) the rule came from.
+    pub ruleset_version: String,
+    /// `live` or `shadow`.
+    pub mode: String,
+    /// The action verb: `label`, `tag`, `report`, ...
+    pub verb: String,
+    /// What the action is on: a DID or an `at://` URI.
+    pub subject: String,
+    /// `applied`, `shadow` or `over_quota`.
+    pub outcome: String,
+    /// The whole action as JSON, with its explanation.
+    pub action: String,
+}
+
+/// An effect read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectRow {
+    /// Position in the log (increasing).
+    pub id: i64,
+    /// When it was written (wall clock, µs since the epoch).
+    pub logged_at: i64,
+    /// The effect as appended.
+    pub effect: NewEffect,
+}
+
+impl Store {
+    /// Opens (creating if needed) `skywarden.db` in `dir`, which must exist.
+    pub async fn open(dir: &Path) -> Result<Store> {
+        let path = dir.join("skywarden.db");
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(err("sqlite options"))?
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // With WAL, NORMAL survives a process crash (SIGKILL); a power cut may roll back the
+            // last transactions, but effects, state and checkpoints roll back together.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(err(format!("opening {}", path.display())))?;
+        Self::with_pool(pool).await
+    }
+
+    /// An in-memory store (tests): one connection, gone when dropped.
+    pub async fn open_in_memory() -> Result<Store> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:").map_err(err("options"))?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(err("opening an in-memory database"))?;
+        Self::with_pool(pool).await
+    }
+
+    async fn with_pool(pool: SqlitePool) -> Result<Store> {
+        sqlx::raw_sql(SCHEMA)
+            .execute(&pool)
+            .await
+            .map_err(err("creating the schema"))?;
+        Ok(Store { pool })
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<Tx> {
+        let tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(err("starting a transaction"))?;
+        Ok(Tx { tx })
+    }
+
+    /// The saved cursor of `source`, if any.
+    pub async fn checkpoint(&self, source: &str) -> Result<Option<i64>> {
+        sqlx::query("SELECT cursor FROM checkpoints WHERE source = ?")
+            .bind(source)
+            .fetch_optional(&self.pool)
+            .await
+            .map(|row| row.map(|r| r.get::<i64, _>(0)))
+            .map_err(err("reading the checkpoint"))
+    }
+
+    /// The snapshot saved under `name`, if any.
+    pub async fn snapshot(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        sqlx::query("SELECT data FROM snapshots WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map(|row| row.map(|r| r.get::<Vec<u8>, _>(0)))
+            .map_err(err("reading a snapshot"))
+    }
+
+    /// Up to `limit` effects with `id > after`, oldest first.
+    pub async fn effects_after(&self, after: i64, limit: u32) -> Result<Vec<EffectRow>> {
+        let rows = sqlx::query(
+            "SELECT id, logged_at, idempotency_key, event_time, cursor, did, rule, \
+             ruleset_version, mode, verb, subject, outcome, action \
+             FROM effects WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("reading the effect log"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| EffectRow {
+                id: r.get(0),
+                logged_at: r.get(1),
+                effect: NewEffect {
+                    idempotency_key: r.get(2),
+                    event_time: r.get(3),
+                    cursor: r.get(4),
+                    did: r.get(5),
+                    rule: r.get(6),
+                    ruleset_version: r.get(7),
+                    mode: r.get(8),
+                    verb: r.get(9),
+                    subject: r.get(10),
+                    outcome: r.get(11),
+                    action: r.get(12),
+                },
+            })
+            .collect())
+    }
+
+    /// The number of effects in the log.
+    pub async fn effect_count(&self) -> Result<i64> {
+        sqlx::query("SELECT count(*) FROM effects")
+            .fetch_one(&self.pool)
+            .await
+            .map(|r| r.get(0))
+            .map_err(err("counting effects"))
+    }
+
+    /// The current values of kind `kind` (`label`, `tag`, ...) on `subject` in `mode`.
+    pub async fn subject_values(
+        &self,
+        mode: &str,
+        subject: &str,
+        kind: &str,
+    ) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT value FROM subject_state WHERE mode = ? AND subject = ? AND kind = ? ORDER BY value",
+        )
+        .bind(mode)
+        .bind(subject)
+        .bind(kind)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("reading subject state"))?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    /// How far sink `sink` has consumed the effect log (0 if never).
+    pub async fn sink_cursor(&self, sink: &str) -> Result<i64> {
+        sqlx::query("SELECT last_id FROM sink_cursors WHERE sink = ?")
+            .bind(sink)
+            .fetch_optional(&self.pool)
+            .await
+            .map(|row| row.map_or(0, |r| r.get(0)))
+            .map_err(err("reading a sink cursor"))
+    }
+
+    /// Records that sink `sink` has consumed the effect log up to `last_id`.
+    pub async fn set_sink_cursor(&self, sink: &str, last_id: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sink_cursors (sink, last_id) VALUES (?, ?) \
+             ON CONFLICT (sink) DO UPDATE SET last_id = excluded.last_id",
+        )
+        .bind(sink)
+        .bind(last_id)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(err("saving a sink cursor"))
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// A write transaction: everything done through it commits atomically.
+pub struct Tx {
+    tx: Transaction<'static, Sqlite>,
+}
+
+impl Tx {
+    /// Appends `effect` unless an effect with the same idempotency key is already logged.
+    /// Returns whether it was appended.
+    pub async fn insert_effect(&mut self, effect: &NewEffect, logged_at: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO effects (idempotency_key, event_time, logged_at, cursor, did, rule, \
+             ruleset_version, mode, verb, subject, outcome, action) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(&effect.idempotency_key)
+        .bind(effect.event_time)
+        .bind(logged_at)
+        .bind(effect.cursor)
+        .bind(&effect.did)
+        .bind(&effect.rule)
+        .bind(&effect.ruleset_version)
+        .bind(&effect.mode)
+        .bind(&effect.verb)
+        .bind(&effect.subject)
+        .bind(&effect.outcome)
+        .bind(&effect.action)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(err("appending to the effect log"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Whether an effect with this idempotency key is logged.
+    pub async fn effect_logged(&mut self, idempotency_key: &str) -> Result<bool> {
+        sqlx::query("SELECT 1 FROM effects WHERE idempotency_key = ?")
+            .bind(idempotency_key)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map(|r| r.is_some())
+            .map_err(err("reading the effect log"))
+    }
+
+    /// Whether `subject` currently has `value` of `kind` in `mode`.
+    pub async fn has_state(
+        &mut self,
+        mode: &str,
+        subject: &str,
+        kind: &str,
+        value: &str,
+    ) -> Result<bool> {
+        sqlx::query(
+            "SELECT 1 FROM subject_state WHERE mode = ? AND subject = ? AND kind = ? AND value = ?",
+        )
+        .bind(mode)
+        .bind(subject)
+        .bind(kind)
+        .bind(value)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map(|r| r.is_some())
+        .map_err(err("reading subject state"))
+    }
+
+    /// Gives `subject` `value` of `kind` in `mode` (no-op if it has it).
+    pub async fn set_state(
+        &mut self,
+        mode: &str,
+        subject: &str,
+        kind: &str,
+        value: &str,
+        since: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO subject_state (mode, subject, kind, value, since) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(mode)
+        .bind(subject)
+        .bind(kind)
+        .bind(value)
+        .bind(since)
+        .execute(&mut *self.tx)
+        .await
+        .map(|_| ())
+        .map_err(err("writing subject state"))
+    }
+
+    /// Removes `value` of `kind` from `subject` in `mode`; returns whether it was there.
+    pub async fn clear_state(
+        &mut self,
+        mode: &str,
+        subject: &str,
+        kind: &str,
+        value: &str,
+    ) -> Result<bool> {
+        sqlx::query(
+            "DELETE FROM subject_state WHERE mode = ? AND subject = ? AND kind = ? AND value = ?",
+        )
+        .bind(mode)
+        .bind(subject)
+        .bind(kind)
+        .bind(value)
+        .execute(&mut *self.tx)
+        .await
+        .map(|r| r.rows_affected() > 0)
+        .map_err(err("writing subject state"))
+    }
+
+    /// How many `verb` actions were applied on UTC day `day` (days since the epoch).
+    pub async fn quota_used(&mut self, day: i64, verb: &str) -> Result<i64> {
+        sqlx::query("SELECT used FROM quota_usage WHERE day = ? AND verb = ?")
+            .bind(day)
+            .bind(verb)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map(|r| r.map_or(0, |r| r.get(0)))
+            .map_err(err("reading quota usage"))
+    }
+
+    /// Counts one more `verb` action on `day`.
+    pub async fn use_quota(&mut self, day: i64, verb: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO quota_usage (day, verb, used) VALUES (?, ?, 1) \
+             ON CONFLICT (day, verb) DO UPDATE SET used = used + 1",
+        )
+        .bind(day)
+        .bind(verb)
+        .execute(&mut *self.tx)
+        .await
+        .map(|_| ())
+        .map_err(err("writing quota usage"))
+    }
+
+    /// Saves `source`'s cursor.
+    pub async fn set_checkpoint(&mut self, source: &str, cursor: i64, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO checkpoints (source, cursor, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
+        )
+        .bind(source)
+        .bind(cursor)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await
+        .map(|_| ())
+        .map_err(err("saving the checkpoint"))
+    }
+
+    /// Saves a snapshot under `name`, replacing the previous one.
+    pub async fn put_snapshot(&mut self, name: &str, data: &[u8], now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO snapshots (name, data, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(data)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await
+        .map(|_| ())
+        .map_err(err("saving a snapshot"))
+    }
+
+    /// Commits everything done through this transaction.
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await.map_err(err("committing"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn effect(key: &str) -> NewEffect {
+        NewEffect {
+            idempotency_key: key.into(),
+            event_time: 1,
+            cursor: 7,
+            did: "did:plc:a".into(),
+            rule: "r".into(),
+            ruleset_version: "v".into(),
+            mode: "live".into(),
+            verb: "label".into(),
+            subject: "did:plc:a".into(),
+            outcome: "applied".into(),
+            action: "{}".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn effects_are_unique_by_key_and_read_back_in_order() {
+        let store = Store::open_in_memory().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        assert!(tx.insert_effect(&effect("a"), 10).await.unwrap());
+        assert!(tx.insert_effect(&effect("b"), 11).await.unwrap());
+        assert!(!tx.insert_effect(&effect("a"), 12).await.unwrap());
+        assert!(tx.effect_logged("a").await.unwrap());
+        tx.commit().await.unwrap();
+        let rows = store.effects_after(0, 10).await.unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].effect, effect("a"));
+        assert_eq!(rows[1].effect.idempotency_key, "b");
+        assert_eq!(store.effects_after(rows[0].id, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rolled_back_transaction_leaves_nothing() {
+        let store = Store::open_in_memory().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_effect(&effect("a"), 1).await.unwrap();
+        tx.set_checkpoint("src", 5, 1).await.unwrap();
+        drop(tx);
+        assert_eq!(store.effect_count().await.unwrap(), 0);
+        assert_eq!(store.checkpoint("src").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn state_quota_checkpoint_snapshot_and_sink_cursor() {
+        let dir = std::env::temp_dir().join(format!("skywarden-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let store = Store::open(&dir).await.unwrap();
+            let mut tx = store.begin().await.unwrap();
+            assert!(
+                !tx.has_state("live", "did:x", "label", "spam")
+                    .await
+                    .unwrap()
+            );
+            tx.set_state("live", "did:x", "label", "spam", 1)
+                .await
+                .unwrap();
+            tx.set_state("live", "did:x", "label", "spam", 2)
+                .await
+                .unwrap();
+            assert!(
+                tx.has_state("live", "did:x", "label", "spam")
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !tx.has_state("shadow", "did:x", "label", "spam")
+                    .await
+                    .unwrap()
+            );
+            tx.use_quota(3, "label").await.unwrap();
+            tx.use_quota(3, "label").await.unwrap();
+            assert_eq!(tx.quota_used(3, "label").await.unwrap(), 2);
+            assert_eq!(tx.quota_used(4, "label").await.unwrap(), 0);
+            tx.set_checkpoint("src", 42, 1).await.unwrap();
+            tx.put_snapshot("counters", b"\x00\x01", 1).await.unwrap();
+            tx.commit().await.unwrap();
+            store.set_sink_cursor("webhook", 9).await.unwrap();
+            store.close().await;
+        }
+        let store = Store::open(&dir).await.unwrap();
+        assert_eq!(
+            store
+                .subject_values("live", "did:x", "label")
+                .await
+                .unwrap(),
+            ["spam"]
+        );
+        assert_eq!(store.checkpoint("src").await.unwrap(), Some(42));
+        assert_eq!(
+            store.snapshot("counters").await.unwrap().as_deref(),
+            Some(&b"\x00\x01"[..])
+        );
+        assert_eq!(store.sink_cursor("webhook").await.unwrap(), 9);
+        assert_eq!(store.sink_cursor("other").await.unwrap(), 0);
+        let mut tx = store.begin().await.unwrap();
+        assert!(
+            tx.clear_state("live", "did:x", "label", "spam")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !tx.clear_state("live", "did:x", "label", "spam")
+                .await
+                .unwrap()
+        );
+        tx.commit().await.unwrap();
+        store.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
