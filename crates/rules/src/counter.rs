@@ -72,6 +72,33 @@
 //! average; the price is an occasional pause (15 to 25 ms per million stored keys, measured)
 //! on the add that triggers it. Engines that mind the pause call `sweep` themselves off the hot
 //! path, which resets the countdown.
+//!
+//! # Snapshots
+//!
+//! [`MemoryCounters::encode_counter`] writes one counter's state so that a restarted engine
+//! can [`decode`](MemoryCounters::decode_counter) it into a counter with the same spec, and
+//! [`MemoryCounters::take_counter_from`] moves a counter's state into the counters of a
+//! reloaded ruleset when its spec did not change. The encoding (version 1) is, with integers
+//! little-endian and fixed width unless marked *varint* (unsigned LEB128):
+//!
+//! - header: the magic `SWCT`, the version byte `1`, the declared windows as a bit set (bit
+//!   *i* for the *i*-th window of [`Window::ALL`]), `distinct` (0 or 1), the retention (`i64`
+//!   µs, never negative), and the number of keys (varint);
+//! - per key, in no particular order: the key (`u128`), an entry kind byte, and `last_add`
+//!   (`i64`), then for an occurrence counter (kind 0) one varint per declared window in the
+//!   order of [`Window::ALL`]; for a distinct counter `first` (`u64`), and, for kind 2 (a key
+//!   that has seen a second value; kind 1 has not) one set per declared window: either `0`,
+//!   a varint length of at most [`SPARSE_LIMIT`] and the strictly increasing hashes (`u64`),
+//!   or `1`, the varint register count (4,096), the registers (one byte each, at most 53),
+//!   and the value reported so far (varint). The sketch's harmonic sum is recomputed from the
+//!   registers.
+//!
+//! An occurrence key takes about 30 bytes, a distinct key with one value 33, a sketch about
+//! 4.1 KB. Decoding checks every length against the bytes left before allocating, rejects
+//! a spec other than the counter's ([`SnapshotError::SpecMismatch`]) and whatever would break
+//! an invariant of the counter (an exact set too long or not strictly increasing, a wrong
+//! register count, a register above 53, an entry of the other kind of counter, a repeated
+//! key, a reported value not above [`SPARSE_LIMIT`]), and changes nothing unless it succeeds.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry as MapEntry;
@@ -277,6 +304,23 @@ impl Hll {
             raw
         };
         e.round() as u64
+    }
+
+    /// A sketch with these registers, each at most `HLL_MAX_RANK`, with its harmonic sum and
+    /// zero count computed from them.
+    fn from_registers(registers: [u8; HLL_REGISTERS]) -> Self {
+        let mut sum = 0u128;
+        let mut zeros = 0u32;
+        for &r in &registers {
+            debug_assert!(u32::from(r) <= HLL_MAX_RANK);
+            sum += 1u128 << (HLL_MAX_RANK - u32::from(r));
+            zeros += u32::from(r == 0);
+        }
+        Hll {
+            registers,
+            sum,
+            zeros,
+        }
     }
 }
 
@@ -486,6 +530,23 @@ struct Counter {
 }
 
 impl Counter {
+    /// The spec this counter behaves by (a negative retention was made 0).
+    fn spec(&self) -> CounterSpec {
+        CounterSpec {
+            windows: self.policy.windows,
+            distinct: matches!(self.keys, Keys::Distinct(_)),
+            retention_micros: self.policy.retention,
+        }
+    }
+
+    /// The same kind of map, empty.
+    fn empty_keys(&self) -> Keys {
+        match self.keys {
+            Keys::Plain(_) => Keys::Plain(KeyMap::default()),
+            Keys::Distinct(_) => Keys::Distinct(KeyMap::default()),
+        }
+    }
+
     fn len(&self) -> usize {
         match &self.keys {
             Keys::Plain(m) => m.len(),
@@ -700,6 +761,436 @@ impl MemoryCounters {
     pub fn sweep(&mut self, now: i64) -> usize {
         self.adds_since_sweep = 0;
         self.counters.iter_mut().map(|c| c.sweep(now)).sum()
+    }
+
+    /// The spec counter `counter` behaves by: the one it was created with, except that a
+    /// negative retention reads as 0 (which is how it behaves).
+    pub fn spec(&self, counter: usize) -> CounterSpec {
+        self.counters[counter].spec()
+    }
+
+    /// Appends the state of counter `counter` (its spec and every stored key) to `out`, in
+    /// the format described in the [module documentation](self#snapshots). Keys that have
+    /// expired but were not swept yet are included; [`MemoryCounters::sweep`] first to leave
+    /// them out.
+    pub fn encode_counter(&self, counter: usize, out: &mut Vec<u8>) {
+        let c = &self.counters[counter];
+        let p = c.policy;
+        out.extend_from_slice(&SNAPSHOT_MAGIC);
+        out.push(SNAPSHOT_VERSION);
+        out.push(p.windows.0);
+        out.push(u8::from(matches!(c.keys, Keys::Distinct(_))));
+        out.extend_from_slice(&p.retention.to_le_bytes());
+        put_varint(out, c.len() as u64);
+        match &c.keys {
+            Keys::Plain(map) => {
+                out.reserve(map.len() * (MIN_KEY_BYTES + 2 * p.windows.len()));
+                for (key, e) in map {
+                    out.extend_from_slice(&key.to_le_bytes());
+                    out.push(ENTRY_PLAIN);
+                    out.extend_from_slice(&e.last_add.to_le_bytes());
+                    for w in p.windows.iter() {
+                        let v = match w {
+                            Window::Total => e.total,
+                            w => u64::from(e.periodic[w.index()]),
+                        };
+                        put_varint(out, v);
+                    }
+                }
+            }
+            Keys::Distinct(map) => {
+                out.reserve(map.len() * (MIN_KEY_BYTES + 8));
+                for (key, e) in map {
+                    out.extend_from_slice(&key.to_le_bytes());
+                    out.push(if e.sets.is_some() {
+                        ENTRY_DISTINCT_SETS
+                    } else {
+                        ENTRY_DISTINCT_SINGLE
+                    });
+                    out.extend_from_slice(&e.last_add.to_le_bytes());
+                    out.extend_from_slice(&e.first.to_le_bytes());
+                    for set in e.sets.iter().flat_map(|sets| sets.iter()) {
+                        match set {
+                            DistinctSet::Sparse(v) => {
+                                out.push(SET_SPARSE);
+                                put_varint(out, v.len() as u64);
+                                for h in v {
+                                    out.extend_from_slice(&h.to_le_bytes());
+                                }
+                            }
+                            DistinctSet::Dense(d) => {
+                                out.push(SET_DENSE);
+                                put_varint(out, HLL_REGISTERS as u64);
+                                out.extend_from_slice(&d.hll.registers);
+                                put_varint(out, d.reported);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replaces the state of counter `counter` with `bytes`, an encoding by
+    /// [`MemoryCounters::encode_counter`] of a counter with the same spec (windows, distinct,
+    /// retention; compared as [`MemoryCounters::spec`] reports them). Afterwards `get` returns
+    /// what it returned on the encoded counter, and further adds behave as they would have
+    /// there. On error nothing changes: the bytes are malformed (not a snapshot, another
+    /// version, truncated, trailing bytes, a value no encoding contains) or the spec differs.
+    /// Never panics on any input (but, like `add`, on a `counter` out of range), and allocates
+    /// at most in proportion to `bytes.len()`.
+    pub fn decode_counter(&mut self, counter: usize, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let c = &mut self.counters[counter];
+        let mut r = Reader { bytes, pos: 0 };
+        if r.take(SNAPSHOT_MAGIC.len(), "the magic")? != SNAPSHOT_MAGIC {
+            return Err(malformed("not a counter snapshot (bad magic)"));
+        }
+        let version = r.u8("the version")?;
+        if version != SNAPSHOT_VERSION {
+            return Err(malformed(format!(
+                "unsupported version {version} (this build reads version {SNAPSHOT_VERSION})"
+            )));
+        }
+        let windows = r.u8("the windows")?;
+        if windows >> Window::ALL.len() != 0 {
+            return Err(malformed(format!("invalid window set {windows:#04x}")));
+        }
+        let distinct = match r.u8("the distinct flag")? {
+            0 => false,
+            1 => true,
+            v => return Err(malformed(format!("invalid distinct flag {v}"))),
+        };
+        let retention_micros = r.i64("the retention")?;
+        if retention_micros < 0 {
+            return Err(malformed(format!("negative retention {retention_micros}")));
+        }
+        let theirs = CounterSpec {
+            windows: WindowSet(windows),
+            distinct,
+            retention_micros,
+        };
+        let ours = c.spec();
+        if theirs != ours {
+            return Err(SnapshotError::SpecMismatch(spec_difference(&theirs, &ours)));
+        }
+
+        let count = r.varint("the key count")?;
+        let room = r.remaining() / MIN_KEY_BYTES;
+        if count > room as u64 {
+            return Err(malformed(format!(
+                "{count} keys cannot fit in the {} bytes left",
+                r.remaining()
+            )));
+        }
+        let count = count as usize;
+        let p = c.policy;
+        let mut latest = i64::MIN;
+        let keys = if distinct {
+            let mut map = KeyMap::with_capacity_and_hasher(count, Default::default());
+            for _ in 0..count {
+                let key = r.u128("a key")?;
+                let kind = r.u8("an entry kind")?;
+                if kind != ENTRY_DISTINCT_SINGLE && kind != ENTRY_DISTINCT_SETS {
+                    return Err(r.bad_kind(kind, true));
+                }
+                let last_add = r.i64("last_add")?;
+                let first = r.u64("a first value")?;
+                let sets = if kind == ENTRY_DISTINCT_SETS {
+                    let sets = (0..p.windows.len())
+                        .map(|_| r.distinct_set())
+                        .collect::<Result<Box<[DistinctSet]>, _>>()?;
+                    Some(sets)
+                } else {
+                    None
+                };
+                latest = latest.max(last_add);
+                let e = DistinctEntry {
+                    last_add,
+                    first,
+                    sets,
+                };
+                if map.insert(key, e).is_some() {
+                    return Err(malformed(format!("key {key:#x} appears twice")));
+                }
+            }
+            Keys::Distinct(map)
+        } else {
+            let mut map = KeyMap::with_capacity_and_hasher(count, Default::default());
+            for _ in 0..count {
+                let key = r.u128("a key")?;
+                let kind = r.u8("an entry kind")?;
+                if kind != ENTRY_PLAIN {
+                    return Err(r.bad_kind(kind, false));
+                }
+                let last_add = r.i64("last_add")?;
+                let mut e = PlainEntry {
+                    last_add,
+                    total: 0,
+                    periodic: [0; 3],
+                };
+                for w in p.windows.iter() {
+                    let v = r.varint(w.name())?;
+                    match w {
+                        Window::Total => e.total = v,
+                        w => {
+                            e.periodic[w.index()] = u32::try_from(v).map_err(|_| {
+                                malformed(format!("{} count {v} exceeds u32::MAX", w.name()))
+                            })?;
+                        }
+                    }
+                }
+                latest = latest.max(last_add);
+                if map.insert(key, e).is_some() {
+                    return Err(malformed(format!("key {key:#x} appears twice")));
+                }
+            }
+            Keys::Plain(map)
+        };
+        if r.remaining() != 0 {
+            return Err(malformed(format!(
+                "{} trailing bytes after {count} keys",
+                r.remaining()
+            )));
+        }
+        c.keys = keys;
+        // The restored adds happened: automatic sweeps may run at their time.
+        self.latest = self.latest.max(latest);
+        Ok(())
+    }
+
+    /// Moves the state of `other`'s counter `other_counter` into counter `counter`, replacing
+    /// what it held, if both have the same spec (as [`MemoryCounters::spec`] reports it), and
+    /// returns true; `other`'s counter is left empty. Otherwise changes nothing and returns
+    /// false. For a ruleset reload: the counters of the new ruleset take over the state of
+    /// unchanged counters of the old one. Panics if either index is out of range.
+    pub fn take_counter_from(
+        &mut self,
+        counter: usize,
+        other: &mut MemoryCounters,
+        other_counter: usize,
+    ) -> bool {
+        let from = &mut other.counters[other_counter];
+        let to = &mut self.counters[counter];
+        if to.spec() != from.spec() {
+            return false;
+        }
+        let empty = from.empty_keys();
+        to.keys = std::mem::replace(&mut from.keys, empty);
+        self.latest = self.latest.max(other.latest);
+        true
+    }
+}
+
+/// Why [`MemoryCounters::decode_counter`] refused a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// The bytes are not a valid counter encoding: bad magic, unsupported version, truncated,
+    /// trailing bytes, or a value no encoding contains. The message says what and where.
+    Malformed(String),
+    /// The snapshot is of a counter with another spec (the ruleset changed it); the message
+    /// says what differs, e.g. `windows differ: snapshot has minute,hour; counter has hour`.
+    SpecMismatch(String),
+}
+
+impl std::fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotError::Malformed(m) => write!(f, "malformed counter snapshot: {m}"),
+            SnapshotError::SpecMismatch(m) => write!(f, "counter spec changed: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for SnapshotError {}
+
+fn malformed(message: impl Into<String>) -> SnapshotError {
+    SnapshotError::Malformed(message.into())
+}
+
+/// What differs between a snapshot's spec and a counter's, for [`SnapshotError::SpecMismatch`].
+fn spec_difference(snapshot: &CounterSpec, counter: &CounterSpec) -> String {
+    fn names(w: WindowSet) -> String {
+        if w.is_empty() {
+            return "none".to_string();
+        }
+        w.iter().map(|w| w.name()).collect::<Vec<_>>().join(",")
+    }
+    fn kind(distinct: bool) -> &'static str {
+        if distinct {
+            "counts distinct values"
+        } else {
+            "counts occurrences"
+        }
+    }
+    let mut diffs = Vec::new();
+    if snapshot.windows != counter.windows {
+        diffs.push(format!(
+            "windows differ: snapshot has {}; counter has {}",
+            names(snapshot.windows),
+            names(counter.windows)
+        ));
+    }
+    if snapshot.distinct != counter.distinct {
+        diffs.push(format!(
+            "distinct differs: snapshot {}; counter {}",
+            kind(snapshot.distinct),
+            kind(counter.distinct)
+        ));
+    }
+    if snapshot.retention_micros != counter.retention_micros {
+        diffs.push(format!(
+            "retention differs: snapshot has {} µs; counter has {} µs",
+            snapshot.retention_micros, counter.retention_micros
+        ));
+    }
+    diffs.join("; and ")
+}
+
+/// `SWCT`: skywarden counter.
+const SNAPSHOT_MAGIC: [u8; 4] = *b"SWCT";
+const SNAPSHOT_VERSION: u8 = 1;
+const ENTRY_PLAIN: u8 = 0;
+const ENTRY_DISTINCT_SINGLE: u8 = 1;
+const ENTRY_DISTINCT_SETS: u8 = 2;
+const SET_SPARSE: u8 = 0;
+const SET_DENSE: u8 = 1;
+/// The fewest bytes an encoded key takes: key, kind and `last_add`.
+const MIN_KEY_BYTES: usize = 16 + 1 + 8;
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a counter encoding, failing with the offset and what it was reading.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], SnapshotError> {
+        if n > self.remaining() {
+            return Err(malformed(format!(
+                "truncated: {what} needs {n} bytes at offset {}, {} left",
+                self.pos,
+                self.remaining()
+            )));
+        }
+        let s = &self.bytes[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], SnapshotError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8, SnapshotError> {
+        Ok(self.array::<1>(what)?[0])
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, SnapshotError> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    fn i64(&mut self, what: &str) -> Result<i64, SnapshotError> {
+        Ok(i64::from_le_bytes(self.array(what)?))
+    }
+
+    fn u128(&mut self, what: &str) -> Result<u128, SnapshotError> {
+        Ok(u128::from_le_bytes(self.array(what)?))
+    }
+
+    fn varint(&mut self, what: &str) -> Result<u64, SnapshotError> {
+        let start = self.pos;
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8(what)?;
+            if shift == 63 && b > 1 {
+                break;
+            }
+            v |= u64::from(b & 0x7F) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(malformed(format!(
+            "{what} at offset {start} is not a valid 64-bit varint"
+        )))
+    }
+
+    fn bad_kind(&self, kind: u8, distinct: bool) -> SnapshotError {
+        let counter = if distinct {
+            "a distinct"
+        } else {
+            "an occurrence"
+        };
+        malformed(format!(
+            "entry kind {kind} at offset {} does not belong in {counter} counter",
+            self.pos - 1
+        ))
+    }
+
+    fn distinct_set(&mut self) -> Result<DistinctSet, SnapshotError> {
+        let at = self.pos;
+        match self.u8("a set kind")? {
+            SET_SPARSE => {
+                let len = self.varint("a set length")?;
+                if len > SPARSE_LIMIT as u64 {
+                    return Err(malformed(format!(
+                        "exact set of {len} values at offset {at}, more than {SPARSE_LIMIT}"
+                    )));
+                }
+                let raw = self.take(len as usize * 8, "a set's values")?;
+                let v: Vec<u64> = raw
+                    .chunks_exact(8)
+                    .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                    .collect();
+                if v.windows(2).any(|p| p[0] >= p[1]) {
+                    return Err(malformed(format!(
+                        "exact set at offset {at} is not strictly increasing"
+                    )));
+                }
+                Ok(DistinctSet::Sparse(v))
+            }
+            SET_DENSE => {
+                let n = self.varint("a register count")?;
+                if n != HLL_REGISTERS as u64 {
+                    return Err(malformed(format!(
+                        "sketch at offset {at} has {n} registers, not {HLL_REGISTERS}"
+                    )));
+                }
+                let registers: [u8; HLL_REGISTERS] = self.array("a sketch's registers")?;
+                if let Some(i) = registers.iter().position(|&r| u32::from(r) > HLL_MAX_RANK) {
+                    return Err(malformed(format!(
+                        "sketch register {i} at offset {at} is {}, more than {HLL_MAX_RANK}",
+                        registers[i]
+                    )));
+                }
+                let hll = Hll::from_registers(registers);
+                let reported = self.varint("a reported estimate")?;
+                if reported <= SPARSE_LIMIT as u64 {
+                    return Err(malformed(format!(
+                        "sketch at offset {at} reports {reported}, not more than {SPARSE_LIMIT}"
+                    )));
+                }
+                // Never below the estimate, as when it was counted (a platform whose
+                // logarithm rounds differently could otherwise see it decrease).
+                let reported = reported.max(hll.estimate());
+                Ok(DistinctSet::Dense(Box::new(Dense { hll, reported })))
+            }
+            k => Err(malformed(format!("invalid set kind {k} at offset {at}"))),
+        }
     }
 }
 
