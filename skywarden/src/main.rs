@@ -2,6 +2,7 @@
 
 mod default_rules;
 mod rules_cmd;
+mod serve_cmd;
 
 use clap::{Args, Parser, Subcommand};
 use skywarden_ingest::archive::ArchiveWriter;
@@ -106,6 +107,19 @@ enum Command {
         #[command(subcommand)]
         command: rules_cmd::RulesCommand,
     },
+    /// Run the engine: watch a source, evaluate the ruleset, log effects durably, serve
+    /// health, readiness and metrics over HTTP.
+    ///
+    /// Every flag can also be set as SKYWARDEN_<FLAG> (e.g. SKYWARDEN_DATA_DIR) or in the
+    /// --config file; flags win over the environment, which wins over the file. SIGHUP
+    /// reloads the ruleset; SIGINT/SIGTERM drain and checkpoint before exiting.
+    ///
+    /// Examples:
+    ///   skywarden serve --relay wss://bsky.network --plc https://plc.directory
+    ///   skywarden serve --archive testdata/firehose/pds-recording.skwa --rules rules/
+    ///   skywarden serve --config /etc/skywarden/skywarden.toml
+    #[command(verbatim_doc_comment)]
+    Serve(serve_cmd::ServeArgs),
 }
 
 #[derive(Args)]
@@ -185,14 +199,37 @@ impl SourceArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let mut cli = Cli::parse();
+    // `serve` logs at info (one line per action), in JSON unless told otherwise; the tools log
+    // warnings as text.
+    let serve_settings = match &mut cli.command {
+        Command::Serve(args) => match std::mem::take(args).settings() {
+            Ok(settings) => Some(settings),
+            Err(message) => {
+                eprintln!("error: {message}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let default_level = if serve_settings.is_some() {
+        "info"
+    } else {
+        "warn"
+    };
+    let json = serve_settings
+        .as_ref()
+        .is_some_and(|s| s.log_format == "json");
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SKYWARDEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SKYWARDEN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+        .with_env_filter(filter);
+    if json {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -224,6 +261,10 @@ fn main() -> ExitCode {
                 level,
             } => record(source, out, append, limit, duration, level).await,
             Command::Rules { command } => rules_cmd::run(command).await,
+            Command::Serve(_) => match serve_settings {
+                Some(settings) => serve_cmd::run(settings).await,
+                None => Err("serve settings missing".into()),
+            },
         }
     });
     match result {

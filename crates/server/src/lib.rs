@@ -1,1 +1,125 @@
-//! skywarden HTTP surface.
+//! skywarden's HTTP surface. Today: health, readiness and Prometheus metrics for operators;
+//! the moderation XRPC API and the console arrive with the moderation backend.
+//!
+//! | path | what |
+//! |---|---|
+//! | `GET /xrpc/_health` | `{"version": …, "ruleset": {…}}`, always 200 while the process serves |
+//! | `GET /ready` | 200 once the engine runs with a good ruleset and a live source; 503 with the reason otherwise |
+//! | `GET /metrics` | Prometheus text format |
+//!
+//! Every route here is read-only; write endpoints (with authentication) come with the
+//! moderation API.
+
+#![warn(missing_docs)]
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use skywarden_engine::metrics::Metrics;
+use skywarden_engine::rules::RulesSlot;
+use std::sync::{Arc, Mutex};
+
+/// What the readiness probe reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Starting: state being restored, source not yet connected.
+    Starting,
+    /// Running.
+    Ready,
+    /// Draining before exit.
+    Stopping,
+    /// The engine stopped with this error.
+    Failed(String),
+}
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The engine's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The running ruleset.
+    pub rules: Arc<RulesSlot>,
+    /// The engine's lifecycle, set by the binary.
+    pub readiness: Arc<Mutex<Readiness>>,
+}
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/xrpc/_health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let body = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "ruleset": state.rules.status(),
+    });
+    json(StatusCode::OK, body)
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let readiness = state
+        .readiness
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or(Readiness::Starting);
+    let status = state.rules.status();
+    let (code, reason) = match readiness {
+        Readiness::Ready if status.last_reload_errors.is_empty() => (StatusCode::OK, None),
+        Readiness::Ready => (
+            StatusCode::OK,
+            Some("the last ruleset reload was refused; the previous ruleset is running".into()),
+        ),
+        Readiness::Starting => (StatusCode::SERVICE_UNAVAILABLE, Some("starting".into())),
+        Readiness::Stopping => (StatusCode::SERVICE_UNAVAILABLE, Some("stopping".into())),
+        Readiness::Failed(e) => (StatusCode::SERVICE_UNAVAILABLE, Some(e)),
+    };
+    json(
+        code,
+        serde_json::json!({ "ready": code == StatusCode::OK, "reason": reason, "ruleset": status }),
+    )
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    json(
+        StatusCode::NOT_FOUND,
+        serde_json::json!({ "error": "NotFound", "message": "no such endpoint" }),
+    )
+}
+
+fn json(code: StatusCode, body: serde_json::Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

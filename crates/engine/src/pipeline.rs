@@ -1,0 +1,602 @@
+//! The pipeline: source → route → enrich → evaluate → effects → checkpoint.
+//!
+//! ```text
+//!             ┌─ partition 0 (worker) ─┐
+//! source ──▶ route by DID ─ partition 1 ─┼─▶ effect writer ─▶ effect log (store) ─▶ sinks
+//!   ▲         └─ partition N ─────────┘          │
+//!   └──────────── barrier: wait until durable ◀──┘──▶ checkpoint + snapshots
+//! ```
+//!
+//! - The source task reads one event at a time and sends it to the partition of its DID over
+//!   a bounded queue: when workers or the store are slow, the send waits, and the source stops
+//!   reading (backpressure down to the socket).
+//! - A worker evaluates its events in order, with the account state and identity known at that
+//!   moment, and sends the batch's pending effects to the writer (bounded too).
+//! - The writer commits each batch of effects in one transaction, then advances the
+//!   partitions' durable watermarks.
+//! - Every `checkpoint_interval` (or `checkpoint_events`), at shutdown, at the end of an archive
+//!   and for a ruleset reload, the source task stops dispatching and waits until every
+//!   dispatched event is durable (all watermarks caught up). It then writes, in one
+//!   transaction, the counters, the account state and the source cursor. After a crash the
+//!   engine restores that state and resumes the source after that cursor: events after it
+//!   are evaluated again from the same state, and their effects, already logged or not, end up
+//!   logged exactly once (idempotency keys).
+
+use crate::effects::{self, EffectWriter, PendingEffect, Quotas};
+use crate::identity::{IdentityResolver, Lookup};
+use crate::metrics::Metrics;
+use crate::rules::{Active, RulesSlot};
+use crate::state::Accounts;
+use skywarden_atproto::event::{Event, EventBody};
+use skywarden_atproto::syntax::Datetime;
+use skywarden_ingest::{Source, SourceError, now_micros};
+use skywarden_rules::{Evaluator, Firing, Input, Mode};
+use skywarden_store::{Store, StoreError};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc, watch};
+
+/// How the pipeline runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Worker partitions (accounts are spread over them by DID).
+    pub partitions: usize,
+    /// Events each partition's queue holds before the source waits.
+    pub queue_capacity: usize,
+    /// Events a worker takes from its queue at once.
+    pub batch_size: usize,
+    /// Checkpoint at least this often.
+    pub checkpoint_interval: Duration,
+    /// Checkpoint at least every this many events.
+    pub checkpoint_events: u64,
+    /// Daily quotas per verb.
+    pub quotas: Quotas,
+    /// How long evaluation may wait for an identity not yet resolved.
+    pub identity_budget: Duration,
+    /// The checkpoint's name (one per source).
+    pub source_name: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            queue_capacity: 4096,
+            batch_size: 256,
+            checkpoint_interval: Duration::from_secs(10),
+            checkpoint_events: 500_000,
+            quotas: Quotas::new(),
+            identity_budget: Duration::ZERO,
+            source_name: "default".into(),
+        }
+    }
+}
+
+/// Why the engine stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The source failed for good.
+    #[error("source: {0}")]
+    Source(#[from] SourceError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Saved state could not be restored.
+    #[error("restoring saved state: {0}")]
+    Restore(String),
+}
+
+/// Where events come from: the ingest [`Source`], or anything else in tests.
+pub trait EventSource: Send {
+    /// The next event; `None` at the end of a finite source.
+    fn next_event(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Option<Event>, SourceError>> + Send;
+}
+
+impl EventSource for Source {
+    async fn next_event(&mut self) -> Result<Option<Event>, SourceError> {
+        Source::next_event(self).await
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// Events dispatched.
+    pub events: u64,
+    /// Checkpoints written.
+    pub checkpoints: u64,
+    /// The last checkpointed cursor.
+    pub cursor: Option<i64>,
+    /// Whether the source ended (archive) rather than the run being stopped.
+    pub source_ended: bool,
+}
+
+struct Envelope {
+    event: Event,
+    dispatched: Instant,
+}
+
+struct Done {
+    partition: usize,
+    events: u64,
+    last_event_time: i64,
+    dispatched: Vec<Instant>,
+    effects: Vec<PendingEffect>,
+}
+
+/// The engine: configuration, store, rules, state and metrics.
+pub struct Engine {
+    config: EngineConfig,
+    store: Store,
+    rules: Arc<RulesSlot>,
+    accounts: Arc<Accounts>,
+    metrics: Arc<Metrics>,
+    identity: Option<IdentityResolver>,
+    sinks_wake: Arc<Notify>,
+    cursor: Option<i64>,
+}
+
+impl Engine {
+    /// An engine over `store`, restoring the counters, account state and cursor of the last
+    /// checkpoint of `config.source_name`, if any.
+    pub async fn start(
+        config: EngineConfig,
+        store: Store,
+        rules: Arc<RulesSlot>,
+        identity: Option<IdentityResolver>,
+    ) -> Result<Engine, EngineError> {
+        let partitions = config.partitions.max(1);
+        let config = EngineConfig {
+            partitions,
+            ..config
+        };
+        let metrics = Arc::new(Metrics::new(partitions));
+        metrics.ruleset_ok.set(1);
+        let accounts = Arc::new(Accounts::new(64));
+        let cursor = store.checkpoint(&config.source_name).await?;
+        if cursor.is_some() {
+            if let Some(bytes) = store.snapshot(&snapshot_name(&config, "counters")).await? {
+                let reset = rules
+                    .with_active_mut(|active| active.counters.restore(&bytes))
+                    .ok_or_else(|| EngineError::Restore("the ruleset is in use".into()))?
+                    .map_err(EngineError::Restore)?;
+                if !reset.is_empty() {
+                    tracing::info!(counters = ?reset, "counters not in the snapshot start empty");
+                }
+            }
+            if let Some(bytes) = store.snapshot(&snapshot_name(&config, "accounts")).await? {
+                accounts.restore(&bytes).map_err(EngineError::Restore)?;
+            }
+            metrics
+                .live
+                .checkpoint_cursor
+                .store(cursor.unwrap_or(0), Relaxed);
+            tracing::info!(cursor = ?cursor, accounts = accounts.len(), "state restored from the last checkpoint");
+        }
+        if let Some(identity) = &identity
+            && let Ok(mut slot) = metrics.live.identity.lock()
+        {
+            *slot = Some(identity.clone());
+        }
+        Ok(Engine {
+            config,
+            store,
+            rules,
+            accounts,
+            metrics,
+            identity,
+            sinks_wake: Arc::new(Notify::new()),
+            cursor,
+        })
+    }
+
+    /// The cursor to resume the source after (the last checkpoint), if any.
+    pub fn resume_cursor(&self) -> Option<i64> {
+        self.cursor
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// The rules slot (status, reload requests).
+    pub fn rules(&self) -> Arc<RulesSlot> {
+        self.rules.clone()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Woken whenever effects are logged: sinks wait on it.
+    pub fn sinks_wake(&self) -> Arc<Notify> {
+        self.sinks_wake.clone()
+    }
+
+    /// Runs until the source ends or `shutdown` becomes true; then drains, checkpoints and
+    /// returns. A store failure stops the run without checkpointing past it.
+    pub async fn run<S: EventSource + 'static>(
+        &self,
+        source: S,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<RunSummary, EngineError> {
+        let partitions = self.config.partitions;
+        // The source reads in its own task, a few events ahead, so that waiting for the next
+        // event can be interrupted (shutdown, timers) without cancelling a read half-way.
+        let (events_tx, mut events_rx) = mpsc::channel::<Result<Event, SourceError>>(64);
+        let reader = tokio::spawn(read_source(source, events_tx));
+        let (done_tx, done_rx) = mpsc::channel::<Done>(partitions * 4);
+        let (durable_tx, mut durable_rx) = watch::channel(0u64);
+        let (failed_tx, mut failed_rx) = watch::channel::<Option<String>>(None);
+        let mut queues = Vec::with_capacity(partitions);
+        let mut workers = Vec::with_capacity(partitions);
+        for p in 0..partitions {
+            let (tx, rx) = mpsc::channel::<Envelope>(self.config.queue_capacity.max(1));
+            queues.push(tx);
+            workers.push(tokio::spawn(worker(
+                p,
+                rx,
+                done_tx.clone(),
+                self.rules.clone(),
+                self.accounts.clone(),
+                self.metrics.clone(),
+                self.identity.clone(),
+                self.config.batch_size.max(1),
+                self.config.identity_budget,
+            )));
+        }
+        drop(done_tx);
+        let writer = tokio::spawn(writer(
+            done_rx,
+            EffectWriter::new(self.store.clone(), self.config.quotas.clone()),
+            self.accounts.clone(),
+            self.metrics.clone(),
+            durable_tx,
+            failed_tx,
+            self.sinks_wake.clone(),
+        ));
+
+        let live = &self.metrics.live;
+        let mut summary = RunSummary {
+            cursor: self.cursor,
+            ..RunSummary::default()
+        };
+        let mut dispatched_total = 0u64;
+        let mut since_checkpoint = 0u64;
+        let mut last_checkpoint = Instant::now();
+        // The checkpoint is the cursor of the last dispatched event: everything up to it is
+        // durable at a barrier.
+        let mut last_cursor = self.cursor;
+        let result: Result<(), EngineError> = async {
+            loop {
+                let due = since_checkpoint >= self.config.checkpoint_events
+                    || (since_checkpoint > 0
+                        && last_checkpoint.elapsed() >= self.config.checkpoint_interval)
+                    || self.rules.reload_pending();
+                if due {
+                    self.barrier(dispatched_total, &mut durable_rx, &mut failed_rx)
+                        .await?;
+                    if self.rules.take_request() {
+                        self.reload();
+                    }
+                    if since_checkpoint > 0 {
+                        self.checkpoint(last_cursor, &mut summary).await?;
+                    }
+                    since_checkpoint = 0;
+                    last_checkpoint = Instant::now();
+                }
+                let next = tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|stop| *stop) => None,
+                    _ = failed_rx.changed() => {
+                        let e = failed_rx.borrow().clone().unwrap_or_default();
+                        return Err(EngineError::Restore(format!("effect writer stopped: {e}")));
+                    }
+                    // Wake up for time-based checkpoints and reloads when the source is idle.
+                    _ = tokio::time::sleep(self.config.checkpoint_interval.min(Duration::from_secs(1))) => continue,
+                    next = events_rx.recv() => Some(next.transpose()?),
+                };
+                let ended = next.is_some();
+                let Some(event) = next.flatten() else {
+                    summary.source_ended = ended;
+                    break;
+                };
+                last_cursor = Some(event.cursor);
+                let p = partition_of(&event.did, partitions);
+                live.dispatched[p].fetch_add(1, Relaxed);
+                dispatched_total += 1;
+                since_checkpoint += 1;
+                summary.events += 1;
+                let envelope = Envelope {
+                    event,
+                    dispatched: Instant::now(),
+                };
+                if queues[p].send(envelope).await.is_err() {
+                    return Err(EngineError::Restore("a worker stopped".into()));
+                }
+            }
+            self.barrier(dispatched_total, &mut durable_rx, &mut failed_rx)
+                .await?;
+            self.checkpoint(last_cursor, &mut summary).await?;
+            Ok(())
+        }
+        .await;
+        reader.abort();
+        drop(queues);
+        for w in workers {
+            let _ = w.await;
+        }
+        let _ = writer.await;
+        result.map(|()| summary)
+    }
+
+    /// Waits until every dispatched event's effects are durable.
+    async fn barrier(
+        &self,
+        dispatched: u64,
+        durable: &mut watch::Receiver<u64>,
+        failed: &mut watch::Receiver<Option<String>>,
+    ) -> Result<(), EngineError> {
+        tokio::select! {
+            r = durable.wait_for(|d| *d >= dispatched) => {
+                r.map_err(|_| EngineError::Restore("the effect writer stopped".into()))?;
+                Ok(())
+            }
+            r = failed.wait_for(Option::is_some) => {
+                let e = r.map(|v| v.clone().unwrap_or_default()).unwrap_or_default();
+                Err(EngineError::Restore(format!("effect writer stopped: {e}")))
+            }
+        }
+    }
+
+    fn reload(&self) {
+        match self.rules.reload() {
+            Ok(version) => {
+                self.metrics.reloads.inc();
+                self.metrics.ruleset_ok.set(1);
+                tracing::info!(%version, "ruleset reloaded");
+            }
+            Err(errors) => {
+                self.metrics.reload_failures.inc();
+                self.metrics.ruleset_ok.set(0);
+                for e in &errors {
+                    tracing::error!(error = %e, "ruleset reload refused; the running ruleset stays");
+                }
+            }
+        }
+    }
+
+    async fn checkpoint(
+        &self,
+        cursor: Option<i64>,
+        summary: &mut RunSummary,
+    ) -> Result<(), EngineError> {
+        let Some(cursor) = cursor else {
+            return Ok(());
+        };
+        let active = self.rules.active();
+        let counters = active.counters.encode();
+        let accounts = self.accounts.encode();
+        let now = now_micros();
+        let mut tx = self.store.begin().await?;
+        tx.put_snapshot(&snapshot_name(&self.config, "counters"), &counters, now)
+            .await?;
+        tx.put_snapshot(&snapshot_name(&self.config, "accounts"), &accounts, now)
+            .await?;
+        tx.set_checkpoint(&self.config.source_name, cursor, now)
+            .await?;
+        tx.commit().await?;
+        let live = &self.metrics.live;
+        live.checkpoint_cursor.store(cursor, Relaxed);
+        live.counter_keys
+            .store(active.counters.len() as u64, Relaxed);
+        live.accounts.store(self.accounts.len() as u64, Relaxed);
+        self.metrics.checkpoints.inc();
+        summary.checkpoints += 1;
+        summary.cursor = Some(cursor);
+        tracing::debug!(
+            cursor,
+            counter_bytes = counters.len(),
+            account_bytes = accounts.len(),
+            "checkpoint"
+        );
+        Ok(())
+    }
+}
+
+async fn read_source<S: EventSource>(mut source: S, tx: mpsc::Sender<Result<Event, SourceError>>) {
+    loop {
+        let next = source.next_event().await;
+        let end = !matches!(next, Ok(Some(_)));
+        let sent = match next {
+            Ok(Some(event)) => tx.send(Ok(event)).await,
+            Ok(None) => return,
+            Err(e) => tx.send(Err(e)).await,
+        };
+        if sent.is_err() || end {
+            return;
+        }
+    }
+}
+
+fn snapshot_name(config: &EngineConfig, what: &str) -> String {
+    format!("{}/{what}", config.source_name)
+}
+
+/// The partition of a DID: stable across runs (FNV-1a).
+pub fn partition_of(did: &str, partitions: usize) -> usize {
+    let h = did.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    (h % partitions as u64) as usize
+}
+
+/// The evaluation time of an event: its own time, so a replay counts into the same windows
+/// and sees the same ages; the wall clock if the time does not parse.
+pub fn event_time(event: &Event) -> i64 {
+    Datetime::new(&event.time)
+        .map(|d| d.timestamp_micros())
+        .unwrap_or_else(|_| now_micros())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn worker(
+    partition: usize,
+    mut rx: mpsc::Receiver<Envelope>,
+    done: mpsc::Sender<Done>,
+    rules: Arc<RulesSlot>,
+    accounts: Arc<Accounts>,
+    metrics: Arc<Metrics>,
+    identity: Option<IdentityResolver>,
+    batch_size: usize,
+    identity_budget: Duration,
+) {
+    let mut evaluator = Evaluator::new();
+    let mut batch: Vec<Envelope> = Vec::with_capacity(batch_size);
+    let mut firings: Vec<Firing> = Vec::new();
+    let mut failed_before = 0u64;
+    loop {
+        if rx.recv_many(&mut batch, batch_size).await == 0 {
+            return;
+        }
+        let active: Arc<Active> = rules.active();
+        let mut evaluations = vec![0u64; active.ruleset.rules.len()];
+        let mut hits = vec![0u64; active.ruleset.rules.len()];
+        let mut out = Done {
+            partition,
+            events: batch.len() as u64,
+            last_event_time: 0,
+            dispatched: Vec::with_capacity(batch.len()),
+            effects: Vec::new(),
+        };
+        for envelope in batch.drain(..) {
+            let event = envelope.event;
+            let now = event_time(&event);
+            let mut account = accounts.before(&event.did, now);
+            if let Some(identity) = &identity {
+                if let EventBody::Identity { handle } = &event.body {
+                    identity.observe_handle(&event.did, handle.as_deref());
+                }
+                let lookup = if identity_budget.is_zero() {
+                    identity.lookup(&event.did)
+                } else {
+                    identity.resolve_within(&event.did, identity_budget).await
+                };
+                if let Lookup::Known(id) = lookup {
+                    if account.handle.is_none() {
+                        account.handle.clone_from(&id.handle);
+                    }
+                    account.pds_host.clone_from(&id.pds_host);
+                    account.created_at = id.created_at;
+                }
+            }
+            let started = Instant::now();
+            for (unit, input) in Input::units(&event, &account, now).enumerate() {
+                for &i in active.ruleset.rule_routes.get(&input.subject()) {
+                    evaluations[i] += 1;
+                }
+                firings.clear();
+                evaluator.evaluate(
+                    &active.ruleset,
+                    input,
+                    &mut active.counters.view(),
+                    &mut firings,
+                );
+                for f in &firings {
+                    hits[f.rule] += 1;
+                }
+                effects::pending(&event, unit, now, &firings, &mut out.effects);
+            }
+            metrics
+                .evaluation_seconds
+                .observe(started.elapsed().as_secs_f64());
+            metrics.events(event.body.kind(), 1);
+            accounts.observe(&event, now);
+            out.last_event_time = out.last_event_time.max(now);
+            out.dispatched.push(envelope.dispatched);
+        }
+        for (i, rule) in active.ruleset.rules.iter().enumerate() {
+            let mode = if rule.mode == Mode::Shadow {
+                "shadow"
+            } else {
+                "live"
+            };
+            if evaluations[i] > 0 {
+                metrics.rule_evaluated(&rule.name, mode, evaluations[i]);
+            }
+            if hits[i] > 0 {
+                metrics.rule_hit(&rule.name, mode, hits[i]);
+            }
+        }
+        if evaluator.failed_units > failed_before {
+            metrics
+                .failed_units
+                .inc_by(evaluator.failed_units - failed_before);
+            failed_before = evaluator.failed_units;
+        }
+        if done.send(out).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn writer(
+    mut rx: mpsc::Receiver<Done>,
+    effects: EffectWriter,
+    accounts: Arc<Accounts>,
+    metrics: Arc<Metrics>,
+    durable: watch::Sender<u64>,
+    failed: watch::Sender<Option<String>>,
+    sinks_wake: Arc<Notify>,
+) {
+    let mut messages = Vec::new();
+    let mut pending = Vec::new();
+    let mut total = 0u64;
+    while rx.recv_many(&mut messages, 64).await > 0 {
+        pending.clear();
+        for m in &mut messages {
+            pending.append(&mut m.effects);
+        }
+        let mut attempt = 0u32;
+        let outcomes = loop {
+            match effects
+                .commit(&pending, &accounts, &metrics, now_micros())
+                .await
+            {
+                Ok(outcomes) => break outcomes,
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::error!(error = %e, attempt, "writing effects failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "writing effects failed; stopping without checkpointing past them");
+                    let _ = failed.send(Some(e.to_string()));
+                    return;
+                }
+            }
+        };
+        let now = Instant::now();
+        let live = &metrics.live;
+        for m in messages.drain(..) {
+            live.durable[m.partition].fetch_add(m.events, Relaxed);
+            live.durable_event_time
+                .fetch_max(m.last_event_time, Relaxed);
+            for t in &m.dispatched {
+                metrics
+                    .event_latency_seconds
+                    .observe(now.duration_since(*t).as_secs_f64());
+            }
+            total += m.events;
+        }
+        durable.send_replace(total);
+        if outcomes.iter().any(|o| *o == effects::Outcome::Applied) {
+            sinks_wake.notify_waiters();
+        }
+    }
+}
