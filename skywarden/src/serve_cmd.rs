@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// Source: a recorded archive; serve exits when it ends.
     #[arg(long, value_name = "FILE", env = "SKYWARDEN_ARCHIVE")]
     pub archive: Option<PathBuf>,
+    /// Start after this source cursor when there is no checkpoint yet (0 replays everything a
+    /// relay or PDS still holds) [default: live].
+    #[arg(long, value_name = "N", env = "SKYWARDEN_CURSOR")]
+    pub cursor: Option<i64>,
     /// Ruleset directory [default: the built-in ruleset].
     #[arg(long, value_name = "DIR", env = "SKYWARDEN_RULES")]
     pub rules: Option<PathBuf>,
@@ -99,6 +103,7 @@ struct FileConfig {
     relay: Option<String>,
     jetstream: Option<String>,
     archive: Option<PathBuf>,
+    cursor: Option<i64>,
     rules: Option<PathBuf>,
     plc: Option<String>,
     partitions: Option<usize>,
@@ -134,6 +139,7 @@ pub struct Settings {
     data_dir: PathBuf,
     listen: String,
     source: SourceSetting,
+    start_cursor: Option<i64>,
     rules: Option<PathBuf>,
     plc: Option<String>,
     engine: EngineConfig,
@@ -291,6 +297,7 @@ impl ServeArgs {
                 .or(file.listen)
                 .unwrap_or_else(|| "127.0.0.1:2480".into()),
             source,
+            start_cursor: self.cursor.or(file.cursor),
             rules: self.rules.or(file.rules),
             plc: self.plc.or(file.plc),
             engine,
@@ -358,7 +365,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     let engine = Engine::start(settings.engine, store.clone(), rules.clone(), identity)
         .await
         .map_err(|e| e.to_string())?;
-    let cursor = engine.resume_cursor();
+    let cursor = engine.resume_cursor().or(settings.start_cursor);
     let source = open_source(&settings.source, cursor)?;
     let metrics = engine.metrics();
     if let Ok(mut slot) = metrics.live.source.lock() {

@@ -239,7 +239,7 @@ async function main() {
 async function handle(cmd, scenario) {
   if (shuttingDown || cmd === '') return
   if (cmd === 'exit') return shutdown(0)
-  if (cmd !== 'phase1' && cmd !== 'phase2') throw new Error(`unknown command: ${JSON.stringify(cmd)}`)
+  if (cmd !== 'phase1' && cmd !== 'phase2' && cmd !== 'abuse') throw new Error(`unknown command: ${JSON.stringify(cmd)}`)
   const t = Date.now()
   const actions = await scenario[cmd]()
   const lastSeq = await network.pds.ctx.sequencer.curr()
@@ -570,6 +570,69 @@ class Scenario {
     actions.push({ kind: 'takedown', did: bob.did })
 
     await this.post('dave', { text: 'last post', langs: ['en'] }, actions, 'daveLast')
+    return actions
+  }
+
+  // Abuse and ordinary use side by side, for the engine's end-to-end test: a GTUBE post, one
+  // message replied into many threads, 3,100 follows in a few commits, and two ordinary
+  // accounts posting, replying, liking and following. Independent of phase1/phase2.
+  async abuse() {
+    if (this.phasesRun.has('abuse')) throw new Error('abuse already ran')
+    this.phasesRun.add('abuse')
+    const actions = []
+    for (const name of ['gina', 'hank', 'gtuber', 'replier', 'follower']) {
+      await this.createAccount(name, actions)
+    }
+    const { gina, hank } = this.users
+
+    // Ordinary use.
+    const ginaPosts = []
+    for (let i = 0; i < 4; i++) {
+      ginaPosts.push(await this.post('gina', { text: `Gina's garden diary, day ${i + 1}: the tomatoes are finally red`, langs: ['en'] }, actions))
+    }
+    const hankPost = await this.post('hank', { text: 'Hank here. Anyone up for a bike ride on Sunday?', langs: ['en'] }, actions)
+    await this.post('hank', { text: 'Lovely tomatoes!', reply: { root: ginaPosts[0], parent: ginaPosts[0] }, langs: ['en'] }, actions)
+    await this.post('gina', { text: 'Count me in for Sunday', reply: { root: hankPost, parent: hankPost }, langs: ['en'] }, actions)
+    await this.create('hank', LIKE, { $type: LIKE, subject: ginaPosts[1], createdAt: this.now() }, actions)
+    await this.create('gina', LIKE, { $type: LIKE, subject: hankPost, createdAt: this.now() }, actions)
+    await this.create('hank', FOLLOW, { $type: FOLLOW, subject: gina.did, createdAt: this.now() }, actions)
+    await this.create('gina', FOLLOW, { $type: FOLLOW, subject: hank.did, createdAt: this.now() }, actions)
+
+    // The GTUBE string in a post.
+    await this.post('gtuber', {
+      text: 'limited offer XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X',
+      langs: ['en'],
+    }, actions, 'gtubePost')
+
+    // The same unsolicited reply into eight of gina's and hank's threads.
+    const targets = [...ginaPosts, hankPost, ...ginaPosts.slice(0, 3)]
+    for (const target of targets) {
+      await this.post('replier', {
+        text: 'Your account is at risk! Message me on WhatsApp to recover it',
+        reply: { root: target, parent: target },
+        langs: ['en'],
+      }, actions)
+    }
+
+    // 3,100 follows of made-up accounts in 16 commits.
+    const { agent, did } = this.users.follower
+    const base32 = 'abcdefghijklmnopqrstuvwxyz234567'
+    let n = 0
+    for (let batch = 0; batch < 16; batch++) {
+      const writes = []
+      for (let i = 0; i < 200 && n < 3100; i++, n++) {
+        let id = ''
+        for (let k = 0, v = n; k < 24; k++, v = Math.floor(v / 32)) id = base32[v % 32] + id
+        writes.push({
+          $type: 'com.atproto.repo.applyWrites#create',
+          collection: FOLLOW,
+          value: { $type: FOLLOW, subject: `did:plc:${id}`, createdAt: this.now() },
+        })
+      }
+      if (writes.length === 0) break
+      await agent.com.atproto.repo.applyWrites({ repo: did, writes })
+    }
+    actions.push({ kind: 'bulk_follows', did, count: n })
     return actions
   }
 }

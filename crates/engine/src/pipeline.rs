@@ -479,8 +479,11 @@ async fn worker(
             let now = event_time(&event);
             let mut account = accounts.before(&event.did, now);
             if let Some(identity) = &identity {
-                if let EventBody::Identity { handle } = &event.body {
-                    identity.observe_handle(&event.did, handle.as_deref());
+                if let EventBody::Identity {
+                    handle: Some(handle),
+                } = &event.body
+                {
+                    identity.observe_handle(&event.did, Some(handle));
                 }
                 let lookup = if identity_budget.is_zero() {
                     identity.lookup(&event.did)
@@ -595,7 +598,7 @@ async fn writer(
             total += m.events;
         }
         durable.send_replace(total);
-        if outcomes.iter().any(|o| *o == effects::Outcome::Applied) {
+        if outcomes.contains(&effects::Outcome::Applied) {
             sinks_wake.notify_waiters();
         }
     }

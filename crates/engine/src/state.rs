@@ -268,11 +268,9 @@ impl Accounts {
                 });
             state.authored = true;
             match &event.body {
-                EventBody::Identity { handle } => {
-                    if handle.is_some() {
-                        state.handle.clone_from(handle);
-                    }
-                }
+                EventBody::Identity {
+                    handle: Some(handle),
+                } => state.handle = Some(handle.clone()),
                 EventBody::Commit(commit) => {
                     for op in &commit.ops {
                         let delta = match op.action {

@@ -40,7 +40,7 @@ impl EventSource for Endless {
 
 fn tid(n: i64) -> String {
     const B32: &[u8] = b"234567abcdefghijklmnopqrstuvwxyz";
-    let v = ((1_767_225_600_000_000u64 + n as u64 * 1000) << 10) as u64;
+    let v = (1_767_225_600_000_000u64 + n as u64 * 1000) << 10;
     (0..13)
         .rev()
         .map(|i| B32[((v >> (i * 5)) & 31) as usize] as char)

@@ -1,0 +1,299 @@
+//! `skywarden serve` against a real PDS: `tests/pds/harness.mjs abuse` creates accounts that
+//! post the GTUBE string, send one message into eight threads, and follow 3,100 accounts, next
+//! to two ordinary accounts. skywarden, running the built-in default ruleset on the PDS's
+//! firehose with identity resolution from the PDS's PLC, must log the expected effects with
+//! their explanations, and no enforcement for the ordinary accounts.
+//!
+//! Needs Node.js with npm (see tests/pds/README.md); `tests/pds/install.sh` installs the pinned
+//! PDS when needed.
+//!
+//! ```sh
+//! cargo test -p skywarden --test serve_pds -- --nocapture
+//! ```
+
+use serde_json::Value;
+use skywarden_store::{EffectRow, Store};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio::time::timeout;
+
+fn pds_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/pds")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn http_get(port: u16, path: &str) -> (u16, String) {
+    // Not listening yet (starting up): no answer.
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return (0, String::new());
+    };
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_a_real_pds_logs_explained_effects_for_abuse_and_none_for_ordinary_use() {
+    let dir = pds_dir();
+    let install = Command::new("bash")
+        .arg(dir.join("install.sh"))
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run tests/pds/install.sh");
+    assert!(
+        install.status.success(),
+        "tests/pds/install.sh failed: {}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let work = std::env::temp_dir().join(format!("skywarden-serve-pds-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+
+    // The PDS, and the scenario.
+    let mut harness = Command::new("node")
+        .arg(dir.join("harness.mjs"))
+        .arg("--data-dir")
+        .arg(work.join("pds-data"))
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(
+            std::fs::File::create(work.join("harness.log")).unwrap(),
+        ))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start node tests/pds/harness.mjs");
+    let mut stdin = harness.stdin.take().unwrap();
+    let mut lines = BufReader::new(harness.stdout.take().unwrap()).lines();
+    let mut next = async || -> Value {
+        let line = timeout(Duration::from_secs(180), lines.next_line())
+            .await
+            .expect("harness line within 180 s")
+            .unwrap()
+            .expect("harness output");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_ne!(v["type"], "error", "harness error: {v}");
+        v
+    };
+    let ready = next().await;
+    let pds = ready["pdsUrl"].as_str().unwrap().to_string();
+    let plc = ready["plcUrl"].as_str().unwrap().to_string();
+    stdin.write_all(b"abuse\n").await.unwrap();
+    let done = next().await;
+    let actions = done["actions"].as_array().unwrap().clone();
+    let last_seq = done["lastSeq"].as_i64().unwrap();
+    let did_of = |handle: &str| -> String {
+        actions
+            .iter()
+            .find(|a| a["kind"] == "account_created" && a["handle"] == handle)
+            .and_then(|a| a["did"].as_str())
+            .unwrap_or_else(|| panic!("no account {handle}"))
+            .to_string()
+    };
+    let (gina, hank) = (did_of("gina.test"), did_of("hank.test"));
+    let (gtuber, replier, follower) = (
+        did_of("gtuber.test"),
+        did_of("replier.test"),
+        did_of("follower.test"),
+    );
+
+    // skywarden, on the default ruleset.
+    let port = free_port();
+    let data = work.join("skywarden");
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_skywarden"))
+        .args(["serve", "--relay", &pds, "--plc", &plc, "--cursor", "0"])
+        .args(["--identity-budget-ms", "2000", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--checkpoint-interval-ms", "200"])
+        .env("SKYWARDEN_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(work.join("serve.log")).unwrap(),
+        ))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start skywarden serve");
+
+    // Wait until every event of the scenario is checkpointed.
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "skywarden did not reach seq {last_seq}; log: {}",
+            std::fs::read_to_string(work.join("serve.log")).unwrap_or_default()
+        );
+        let (code, metrics) = timeout(Duration::from_secs(5), http_get(port, "/metrics"))
+            .await
+            .unwrap_or((0, String::new()));
+        let checkpoint = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("skywarden_checkpoint_cursor "))
+            .and_then(|v| v.trim().parse::<i64>().ok());
+        if code == 200 && checkpoint.is_some_and(|c| c >= last_seq) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = http_get(port, "/ready").await;
+    assert_eq!(status, 200, "ready: {body}");
+    let (status, health) = http_get(port, "/xrpc/_health").await;
+    assert_eq!(status, 200);
+    assert!(health.contains("\"origin\":\"builtin\""), "{health}");
+    let (_, metrics) = http_get(port, "/metrics").await;
+    for needle in [
+        "skywarden_events_total{kind=\"commit\"}",
+        "skywarden_rule_hits_total{rule=\"gtube-post\",mode=\"live\"}",
+        "skywarden_actions_total{verb=\"label\",outcome=\"applied\"}",
+        "skywarden_identity_fetches_total",
+        "skywarden_event_latency_seconds_bucket",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "metrics lack {needle}:\n{metrics}"
+        );
+    }
+
+    // Graceful stop: SIGTERM drains and checkpoints.
+    let pid = serve.id().unwrap().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    let status = timeout(Duration::from_secs(30), serve.wait())
+        .await
+        .expect("serve exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "serve exit status {status}");
+    stdin.write_all(b"exit\n").await.unwrap();
+
+    let store = Store::open(&data).await.unwrap();
+    let effects: Vec<EffectRow> = store.effects_after(0, 100_000).await.unwrap();
+    store.close().await;
+    let listing: String = effects
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {} {} {}\n",
+                e.effect.rule, e.effect.verb, e.effect.subject, e.effect.outcome, e.effect.did
+            )
+        })
+        .collect();
+    let find = |rule: &str, verb: &str, did: &str| -> &EffectRow {
+        effects
+            .iter()
+            .find(|e| e.effect.rule == rule && e.effect.verb == verb && e.effect.did == did)
+            .unwrap_or_else(|| panic!("no {rule} {verb} for {did}; effects:\n{listing}"))
+    };
+    let action = |e: &EffectRow| -> Value { serde_json::from_str(&e.effect.action).unwrap() };
+
+    // GTUBE: the post is labelled spam, with the text that fired it.
+    let gtube = find("gtube-post", "label", &gtuber);
+    assert!(
+        gtube
+            .effect
+            .subject
+            .starts_with(&format!("at://{gtuber}/app.bsky.feed.post/"))
+    );
+    assert_eq!(gtube.effect.outcome, "applied");
+    let a = action(gtube);
+    assert_eq!(a["action"]["label"], "spam");
+    assert!(
+        a["explanation"]["text.raw"]
+            .as_str()
+            .unwrap()
+            .contains("GTUBE"),
+        "{a}"
+    );
+
+    // Identical replies: the account is flagged and reported, with the counts.
+    let reply_report = find("identical-replies", "report", &replier);
+    assert_eq!(reply_report.effect.subject, replier);
+    let a = action(reply_report);
+    assert!(
+        a["action"]["comment"]
+            .as_str()
+            .unwrap()
+            .contains("identical replies this hour"),
+        "{a}"
+    );
+    find("identical-replies", "flag", &replier);
+    // One open report, however many replies fired the rule after the sixth.
+    assert_eq!(
+        effects
+            .iter()
+            .filter(|e| e.effect.rule == "identical-replies" && e.effect.verb == "report")
+            .count(),
+        1,
+        "{listing}"
+    );
+
+    // Bulk following.
+    let bulk = find("bulk-follower", "flag", &follower);
+    assert!(
+        action(bulk)["explanation"]["counters.follows_created.day"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 3000
+    );
+
+    // Identity resolution reached the rules: new accounts are tagged for review, with their age.
+    let new_account = find("new-account", "tag", &gina);
+    assert!(action(new_account)["explanation"]["account.age"].is_string());
+
+    // The ordinary accounts: nothing but the review-only tags and flags every new account gets.
+    for did in [&gina, &hank] {
+        for e in effects
+            .iter()
+            .filter(|e| e.effect.did == *did || e.effect.subject.contains(did.as_str()))
+        {
+            assert!(
+                ["new-account", "first-account-on-host"].contains(&e.effect.rule.as_str())
+                    && ["tag", "flag", "notify"].contains(&e.effect.verb.as_str()),
+                "enforcement on an ordinary account: {} {} {}",
+                e.effect.rule,
+                e.effect.verb,
+                e.effect.subject
+            );
+        }
+    }
+    let enforcement = ["label", "report", "takedown"];
+    assert!(
+        !effects
+            .iter()
+            .any(|e| (e.effect.did == gina || e.effect.did == hank)
+                && enforcement.contains(&e.effect.verb.as_str())),
+        "{listing}"
+    );
+    println!("{} effects:\n{listing}", effects.len());
+    let _ = harness.kill().await;
+    let _ = std::fs::remove_dir_all(&work);
+}
