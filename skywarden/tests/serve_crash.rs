@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::synth;
+use common::{ACTING_RULES, synth};
 use skywarden_store::Store;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -72,10 +72,10 @@ fn temp(name: &str) -> PathBuf {
 async fn killed_at_random_moments_the_effect_log_equals_an_uninterrupted_run() {
     let root = temp("root");
     let archive = root.join("stream.skwa");
-    let mix = synth::write_archive(&archive, EVENTS, 2_000, 42);
+    let mix = synth::write_archive(&archive, EVENTS, 2_000, 42).unwrap();
     let rules = root.join("rules");
     std::fs::create_dir_all(&rules).unwrap();
-    std::fs::write(rules.join("acting.toml"), synth::ACTING_RULES).unwrap();
+    std::fs::write(rules.join("acting.toml"), ACTING_RULES).unwrap();
 
     // The reference: one uninterrupted run.
     let reference_dir = root.join("reference");

@@ -87,7 +87,7 @@ impl Metrics {
             rule_hits: Family::default(),
             actions: Family::default(),
             evaluation_seconds: Histogram::new(exponential_buckets(1e-6, 2.0, 20)),
-            event_latency_seconds: Histogram::new(exponential_buckets(1e-4, 2.0, 20)),
+            event_latency_seconds: Histogram::new(exponential_buckets(1e-5, 1.25, 72)),
             reload_failures: Counter::default(),
             reloads: Counter::default(),
             checkpoints: Counter::default(),

@@ -233,10 +233,16 @@ impl Engine {
         let (done_tx, done_rx) = mpsc::channel::<Done>(partitions * 4);
         let (durable_tx, mut durable_rx) = watch::channel(0u64);
         let (failed_tx, mut failed_rx) = watch::channel::<Option<String>>(None);
+        // Events travel to workers in batches: one wake-up per batch, not per event.
+        let batch_size = self.config.batch_size.max(1);
+        let queue_batches = self.config.queue_capacity.div_ceil(batch_size).max(1);
+        let mut batches: Vec<Vec<Envelope>> = (0..partitions)
+            .map(|_| Vec::with_capacity(batch_size))
+            .collect();
         let mut queues = Vec::with_capacity(partitions);
         let mut workers = Vec::with_capacity(partitions);
         for p in 0..partitions {
-            let (tx, rx) = mpsc::channel::<Envelope>(self.config.queue_capacity.max(1));
+            let (tx, rx) = mpsc::channel::<Vec<Envelope>>(queue_batches);
             queues.push(tx);
             workers.push(tokio::spawn(worker(
                 p,
@@ -246,7 +252,6 @@ impl Engine {
                 self.accounts.clone(),
                 self.metrics.clone(),
                 self.identity.clone(),
-                self.config.batch_size.max(1),
                 self.config.identity_budget,
             )));
         }
@@ -279,6 +284,7 @@ impl Engine {
                         && last_checkpoint.elapsed() >= self.config.checkpoint_interval)
                     || self.rules.reload_pending();
                 if due {
+                    flush(&queues, &mut batches).await?;
                     self.barrier(dispatched_total, &mut durable_rx, &mut failed_rx)
                         .await?;
                     if self.rules.take_request() {
@@ -290,16 +296,24 @@ impl Engine {
                     since_checkpoint = 0;
                     last_checkpoint = Instant::now();
                 }
-                let next = tokio::select! {
-                    biased;
-                    _ = shutdown.wait_for(|stop| *stop) => None,
-                    _ = failed_rx.changed() => {
-                        let e = failed_rx.borrow().clone().unwrap_or_default();
-                        return Err(EngineError::Restore(format!("effect writer stopped: {e}")));
+                // Fast path: an event is ready. Otherwise send what is batched, then wait.
+                let next = match events_rx.try_recv() {
+                    Ok(next) => Some(Some(next?)),
+                    Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        flush(&queues, &mut batches).await?;
+                        tokio::select! {
+                            biased;
+                            _ = shutdown.wait_for(|stop| *stop) => None,
+                            _ = failed_rx.changed() => {
+                                let e = failed_rx.borrow().clone().unwrap_or_default();
+                                return Err(EngineError::Restore(format!("effect writer stopped: {e}")));
+                            }
+                            // Wake up for time-based checkpoints and reloads when idle.
+                            _ = tokio::time::sleep(self.config.checkpoint_interval.min(Duration::from_secs(1))) => continue,
+                            next = events_rx.recv() => Some(next.transpose()?),
+                        }
                     }
-                    // Wake up for time-based checkpoints and reloads when the source is idle.
-                    _ = tokio::time::sleep(self.config.checkpoint_interval.min(Duration::from_secs(1))) => continue,
-                    next = events_rx.recv() => Some(next.transpose()?),
                 };
                 let ended = next.is_some();
                 let Some(event) = next.flatten() else {
@@ -312,14 +326,21 @@ impl Engine {
                 dispatched_total += 1;
                 since_checkpoint += 1;
                 summary.events += 1;
-                let envelope = Envelope {
+                batches[p].push(Envelope {
                     event,
                     dispatched: Instant::now(),
-                };
-                if queues[p].send(envelope).await.is_err() {
-                    return Err(EngineError::Restore("a worker stopped".into()));
+                });
+                if batches[p].len() >= batch_size {
+                    let full = std::mem::replace(&mut batches[p], Vec::with_capacity(batch_size));
+                    if queues[p].send(full).await.is_err() {
+                        return Err(EngineError::Restore("a worker stopped".into()));
+                    }
+                }
+                if *shutdown.borrow() {
+                    break;
                 }
             }
+            flush(&queues, &mut batches).await?;
             self.barrier(dispatched_total, &mut durable_rx, &mut failed_rx)
                 .await?;
             self.checkpoint(last_cursor, &mut summary).await?;
@@ -409,6 +430,31 @@ impl Engine {
     }
 }
 
+/// Sends every non-empty batch to its partition.
+async fn flush(
+    queues: &[mpsc::Sender<Vec<Envelope>>],
+    batches: &mut [Vec<Envelope>],
+) -> Result<(), EngineError> {
+    for (queue, batch) in queues.iter().zip(batches.iter_mut()) {
+        if !batch.is_empty() {
+            let full = std::mem::replace(batch, Vec::with_capacity(batch.capacity()));
+            if queue.send(full).await.is_err() {
+                return Err(EngineError::Restore("a worker stopped".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn kind_index(body: &EventBody) -> usize {
+    match body {
+        EventBody::Commit(_) => 0,
+        EventBody::Identity { .. } => 1,
+        EventBody::Account { .. } => 2,
+        EventBody::Sync { .. } => 3,
+    }
+}
+
 async fn read_source<S: EventSource>(mut source: S, tx: mpsc::Sender<Result<Event, SourceError>>) {
     loop {
         let next = source.next_event().await;
@@ -447,26 +493,25 @@ pub fn event_time(event: &Event) -> i64 {
 #[allow(clippy::too_many_arguments)]
 async fn worker(
     partition: usize,
-    mut rx: mpsc::Receiver<Envelope>,
+    mut rx: mpsc::Receiver<Vec<Envelope>>,
     done: mpsc::Sender<Done>,
     rules: Arc<RulesSlot>,
     accounts: Arc<Accounts>,
     metrics: Arc<Metrics>,
     identity: Option<IdentityResolver>,
-    batch_size: usize,
     identity_budget: Duration,
 ) {
     let mut evaluator = Evaluator::new();
-    let mut batch: Vec<Envelope> = Vec::with_capacity(batch_size);
     let mut firings: Vec<Firing> = Vec::new();
     let mut failed_before = 0u64;
     loop {
-        if rx.recv_many(&mut batch, batch_size).await == 0 {
+        let Some(mut batch) = rx.recv().await else {
             return;
-        }
+        };
         let active: Arc<Active> = rules.active();
         let mut evaluations = vec![0u64; active.ruleset.rules.len()];
         let mut hits = vec![0u64; active.ruleset.rules.len()];
+        let mut kinds = [0u64; 4];
         let mut out = Done {
             partition,
             events: batch.len() as u64,
@@ -518,10 +563,18 @@ async fn worker(
             metrics
                 .evaluation_seconds
                 .observe(started.elapsed().as_secs_f64());
-            metrics.events(event.body.kind(), 1);
+            kinds[kind_index(&event.body)] += 1;
             accounts.observe(&event, now);
             out.last_event_time = out.last_event_time.max(now);
             out.dispatched.push(envelope.dispatched);
+        }
+        for (kind, n) in ["commit", "identity", "account", "sync"]
+            .into_iter()
+            .zip(kinds)
+        {
+            if n > 0 {
+                metrics.events(kind, n);
+            }
         }
         for (i, rule) in active.ruleset.rules.iter().enumerate() {
             let mode = if rule.mode == Mode::Shadow {

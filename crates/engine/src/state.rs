@@ -260,12 +260,16 @@ impl Accounts {
         let mut follow_changes: Vec<(String, i64)> = Vec::new();
         {
             let mut shard = lock(self.shard(&event.did));
-            let state = shard
-                .entry(event.did.clone())
-                .or_insert_with(|| AccountState {
-                    first_seen: now,
-                    ..AccountState::default()
-                });
+            if !shard.contains_key(&event.did) {
+                shard.insert(
+                    event.did.clone(),
+                    AccountState {
+                        first_seen: now,
+                        ..AccountState::default()
+                    },
+                );
+            }
+            let state = shard.get_mut(&event.did).expect("inserted above");
             state.authored = true;
             match &event.body {
                 EventBody::Identity {

@@ -13,6 +13,7 @@ pub mod guard;
 pub mod jetstream;
 pub mod metrics;
 mod source;
+pub mod synth;
 
 pub use skywarden_atproto::event::Event;
 pub use source::{KeyLookup, Source, SourceConfig, SourceError, StaticKeys, Transport};

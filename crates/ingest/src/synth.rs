@@ -1,11 +1,9 @@
-//! Synthetic recorded streams for engine tests and benchmarks: Jetstream-format archives of a
-//! deterministic mix of likes, follows, reposts and posts from many accounts, with a few
-//! abusive accounts (GTUBE posts, identical replies, mass follows, like bursts).
+//! Synthetic streams for tests and benchmarks: Jetstream-format archives of a deterministic mix
+//! of likes, follows, reposts and posts from many accounts, with a few abusive accounts (GTUBE
+//! posts, identical replies, bulk follows, like bursts). The same seed gives the same bytes.
 
-#![allow(dead_code)]
-
-use skywarden_ingest::archive::ArchiveWriter;
-use skywarden_ingest::{Format, RawFrame};
+use crate::archive::{ArchiveError, ArchiveWriter};
+use crate::{Format, RawFrame};
 use std::path::Path;
 
 /// GTUBE, the spam filters' test string.
@@ -23,7 +21,8 @@ pub fn tid(micros: i64, clock: u64) -> String {
         .collect()
 }
 
-fn did(n: usize) -> String {
+/// The DID of synthetic account `n`.
+pub fn did(n: usize) -> String {
     format!("did:plc:synth{n:019}")
 }
 
@@ -36,7 +35,7 @@ impl Rng {
         Rng(seed.max(1))
     }
     /// Next value.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -44,7 +43,7 @@ impl Rng {
     }
     /// Uniform below `n`.
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 }
 
@@ -66,8 +65,13 @@ pub struct Mix {
 /// Writes `events` Jetstream messages from `accounts` accounts to `path`, starting at
 /// `start_micros`, 2 ms apart. Every 100th account is abusive, in turn: GTUBE poster,
 /// identical replier, bulk follower or like burster.
-pub fn write_archive(path: &Path, events: u64, accounts: usize, seed: u64) -> Mix {
-    let mut w = ArchiveWriter::create(path, Format::Jetstream).expect("create archive");
+pub fn write_archive(
+    path: &Path,
+    events: u64,
+    accounts: usize,
+    seed: u64,
+) -> Result<Mix, ArchiveError> {
+    let mut w = ArchiveWriter::create(path, Format::Jetstream)?;
     let mut rng = Rng::new(seed);
     let mut mix = Mix::default();
     let start = 1_767_225_600_000_000i64; // 2026-01-01T00:00:00Z
@@ -114,12 +118,14 @@ pub fn write_archive(path: &Path, events: u64, accounts: usize, seed: u64) -> Mi
             (_, 0..=24) => like(&other, t),
             (_, 25..=44) => follow(&other, t),
             (_, 45..=64) => repost(&other, t),
-            (_, 65..=84) => post(
-                &format!("ordinary post {} about things", rng.below(1_000_000)),
-                None,
-                t,
-            ),
-            (_, _) => post(&words(&mut rng, 6), Some(&other), t),
+            (_, 65..=84) => {
+                let n = 6 + rng.below(12) as usize;
+                post(&words(&mut rng, n), None, t)
+            }
+            (_, _) => {
+                let n = 4 + rng.below(10) as usize;
+                post(&words(&mut rng, n), Some(&other), t)
+            }
         };
         let msg = serde_json::json!({
             "did": author,
@@ -135,29 +141,34 @@ pub fn write_archive(path: &Path, events: u64, accounts: usize, seed: u64) -> Mi
             }
         });
         w.write(&RawFrame {
-            bytes: serde_json::to_vec(&msg).unwrap().into(),
+            bytes: msg.to_string().into_bytes().into(),
             received_micros: 0,
-        })
-        .expect("write frame");
+        })?;
         mix.events += 1;
     }
-    w.finish().expect("finish archive");
-    mix
+    w.finish()?;
+    Ok(mix)
 }
 
-const WORDS: [&str; 32] = [
-    "river", "garden", "coffee", "morning", "concert", "painting", "bicycle", "winter", "library",
-    "harbor", "recipe", "mountain", "lantern", "orchard", "meadow", "violin", "thunder", "pepper",
-    "castle", "market", "island", "candle", "forest", "comet", "ribbon", "saddle", "tunnel",
-    "velvet", "whistle", "yogurt", "zephyr", "anchor",
+const SYLLABLES: [&str; 40] = [
+    "ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ba", "de", "fi", "go", "hu", "ja", "ke", "li",
+    "mo", "nu", "pa", "re", "si", "to", "un", "ve", "wa", "xi", "yo", "ze", "an", "el", "or", "is",
+    "um", "ar", "en", "ol", "ip", "ut", "es", "ax",
 ];
 
-/// `n` random words: ordinary text that rarely repeats.
+/// `n` random words of two to four syllables (about 2.6 million possible words): ordinary
+/// text that rarely repeats, even approximately.
 fn words(rng: &mut Rng, n: usize) -> String {
-    (0..n)
-        .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut out = String::new();
+    for i in 0..n {
+        if i > 0 {
+            out.push(' ');
+        }
+        for _ in 0..2 + rng.below(3) {
+            out.push_str(SYLLABLES[rng.below(SYLLABLES.len() as u64) as usize]);
+        }
+    }
+    out
 }
 
 fn datetime(t: i64) -> String {
@@ -230,82 +241,3 @@ fn follow(target: &str, t: i64) -> (&'static str, serde_json::Value) {
         }),
     )
 }
-
-/// A ruleset that acts on per-account counters and record content only, so which event fires
-/// what does not depend on how partitions interleave.
-pub const ACTING_RULES: &str = r#"
-[constants]
-GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
-
-[[counter]]
-name = "follows_by_account"
-on = ["follow"]
-key = "account.did"
-windows = ["hour", "day"]
-
-[[counter]]
-name = "copies"
-on = ["create:post"]
-when = "record.post.is_reply && text.length > 10"
-key = 'account.did + "|" + text.fingerprint'
-windows = ["day"]
-
-[[counter]]
-name = "likes_by_account"
-on = ["like"]
-key = "account.did"
-windows = ["hour"]
-
-[[rule]]
-name = "gtube"
-description = "GTUBE posts: label the post, report the account."
-on = ["create:post"]
-when = "text.raw.contains(GTUBE)"
-
-[[rule.action]]
-label = "spam"
-
-[[rule.action]]
-report = "spam"
-comment = "GTUBE posted"
-target = "account"
-
-[[rule]]
-name = "copies"
-description = "Five identical replies in a day: label the account, and comment every further copy."
-on = ["create:post"]
-when = "counters.copies.day >= 5"
-
-[[rule.action]]
-label = "spam"
-target = "account"
-
-[[rule.action]]
-comment = "copy number {{ counters.copies.day }}"
-target = "account"
-
-[[rule]]
-name = "mass-follow"
-description = "More than 40 follows in an hour."
-on = ["follow"]
-when = "counters.follows_by_account.hour > 40"
-
-[[rule.action]]
-flag = "mass-follow"
-target = "account"
-
-[[rule.action]]
-tag = ["mass-follow"]
-target = "account"
-
-[[rule]]
-name = "like-burst"
-description = "More than 35 likes in an hour: escalate every one past the limit."
-on = ["like"]
-when = "counters.likes_by_account.hour > 35"
-
-[[rule.action]]
-escalate = true
-comment = "{{ counters.likes_by_account.hour }} likes this hour"
-target = "account"
-"#;
