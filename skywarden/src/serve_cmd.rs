@@ -504,3 +504,99 @@ fn spawn_signals(rules: Arc<RulesSlot>, shutdown: watch::Sender<bool>) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "skywarden-config-{}-{}.toml",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let path = file(
+            r#"
+data_dir = "/var/lib/skywarden"
+archive = "stream.skwa"
+partitions = 3
+checkpoint_interval_ms = 2500
+log_format = "text"
+
+[quotas]
+takedown = 50
+label = 1000
+
+[[webhook]]
+name = "slack"
+url = "https://hooks.example/abc"
+secret = "from-file"
+all_actions = true
+"#,
+        );
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            partitions: Some(5),
+            quotas: vec!["takedown=7".into()],
+            ..ServeArgs::default()
+        };
+        let s = args.settings().unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/var/lib/skywarden"));
+        assert_eq!(s.engine.partitions, 5, "the flag wins");
+        assert_eq!(s.engine.checkpoint_interval, Duration::from_millis(2500));
+        assert_eq!(s.engine.quotas["takedown"], 7);
+        assert_eq!(s.engine.quotas["label"], 1000);
+        assert_eq!(s.log_format, "text");
+        assert_eq!(s.listen, "127.0.0.1:2480", "default");
+        assert!(matches!(s.source, SourceSetting::Archive(_)));
+        assert_eq!(s.webhooks.len(), 1);
+        assert!(s.webhooks[0].all_actions);
+        assert_eq!(s.webhooks[0].webhook.secret.as_deref(), Some("from-file"));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_what_and_where() {
+        let two_sources = ServeArgs {
+            relay: Some("wss://a".into()),
+            archive: Some("b".into()),
+            ..ServeArgs::default()
+        };
+        assert!(
+            two_sources
+                .settings()
+                .unwrap_err()
+                .contains("only one source")
+        );
+        let none = ServeArgs::default();
+        assert!(none.settings().unwrap_err().contains("choose one source"));
+        let bad_quota = ServeArgs {
+            relay: Some("wss://a".into()),
+            quotas: vec!["takedwn=3".into()],
+            ..ServeArgs::default()
+        };
+        assert!(
+            bad_quota
+                .settings()
+                .unwrap_err()
+                .contains("unknown verb `takedwn`")
+        );
+        let path = file("relay = \"wss://a\"\nparttions = 2\n");
+        let typo = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        let e = typo.settings().unwrap_err();
+        assert!(
+            e.contains("parttions") && e.contains(&path.display().to_string()),
+            "{e}"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+}
