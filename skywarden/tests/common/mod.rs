@@ -71,9 +71,9 @@ target = "account"
 
 [[rule]]
 name = "like-burst"
-description = "More than 35 likes in an hour: escalate every one past the limit."
+description = "More than 42 likes in an hour: escalate every one past the limit."
 on = ["like"]
-when = "counters.likes_by_account.hour > 35"
+when = "counters.likes_by_account.hour > 42"
 
 [[rule.action]]
 escalate = true
