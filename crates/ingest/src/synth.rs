@@ -88,7 +88,7 @@ pub fn write_archive(
         let kind = if a % 100 == 7 { 1 + (a / 100) % 4 } else { 0 };
         let roll = rng.below(100);
         let (collection, record) = match (kind, roll) {
-            (1, 0..=40) => {
+            (1, 0..=39) => {
                 if !mix.gtube_accounts.contains(&author) {
                     mix.gtube_accounts.push(author.clone());
                 }
