@@ -88,7 +88,7 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "recorded stream: {} Jetstream events from 20,000 accounts ({} MB); default ruleset; {cores} cores",
+        "recorded stream: {} Jetstream events from 20,000 accounts ({} MB); {cores} cores",
         mix.events,
         std::fs::metadata(&archive).unwrap().len() / 1_000_000
     );
@@ -109,13 +109,23 @@ fn main() {
         );
     });
 
-    for partitions in [1, cores] {
-        let data = dir.join(format!("data-{partitions}"));
+    // An empty ruleset measures the plumbing: routing, account state, batches, the writer.
+    let empty_rules = dir.join("empty-rules");
+    std::fs::create_dir_all(&empty_rules).unwrap();
+    std::fs::write(empty_rules.join("none.toml"), "# no rules\n").unwrap();
+    let runs = [
+        ("no rules", empty_rules.as_path(), 1),
+        ("no rules", empty_rules.as_path(), cores),
+        ("default ruleset", rules_dir.as_path(), 1),
+        ("default ruleset", rules_dir.as_path(), cores),
+    ];
+    for (run, (what, rules, partitions)) in runs.into_iter().enumerate() {
+        let data = dir.join(format!("data-{run}"));
         std::fs::create_dir_all(&data).unwrap();
         runtime.block_on(async {
             let store = Store::open(&data).await.unwrap();
-            let ruleset = Ruleset::load_dir(&rules_dir).expect("default ruleset");
-            let slot = Arc::new(RulesSlot::new(ruleset, RulesOrigin::Dir(rules_dir.clone())));
+            let ruleset = Ruleset::load_dir(rules).expect("ruleset");
+            let slot = Arc::new(RulesSlot::new(ruleset, RulesOrigin::Dir(rules.to_path_buf())));
             let config = EngineConfig {
                 partitions,
                 source_name: "bench".into(),
@@ -134,7 +144,7 @@ fn main() {
             let p99 = quantile(&text, "skywarden_event_latency_seconds", 0.99);
             let effects = store.effect_count().await.unwrap();
             println!(
-                "  pipeline, {partitions} partition(s): {:>9.0} events/s ({:.0} per core of {cores}), {:.0} events per CPU-second (CPU {:.1} s of {:.1} s wall); latency p50 {:.1} ms, p99 {:.1} ms; {effects} effects, {} checkpoints",
+                "  pipeline, {what}, {partitions} partition(s): {:>9.0} events/s ({:.0} per core of {cores}), {:.0} events per CPU-second (CPU {:.1} s of {:.1} s wall); latency p50 {:.1} ms, p99 {:.1} ms; {effects} effects, {} checkpoints",
                 summary.events as f64 / secs,
                 summary.events as f64 / secs / cores as f64,
                 summary.events as f64 / cpu.max(1e-9),

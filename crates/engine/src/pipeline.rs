@@ -27,6 +27,7 @@ use crate::identity::{IdentityResolver, Lookup};
 use crate::metrics::Metrics;
 use crate::rules::{Active, RulesSlot};
 use crate::state::Accounts;
+use futures_util::{FutureExt as _, StreamExt as _};
 use skywarden_atproto::event::{Event, EventBody};
 use skywarden_atproto::syntax::Datetime;
 use skywarden_ingest::{Source, SourceError, now_micros};
@@ -226,10 +227,18 @@ impl Engine {
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<RunSummary, EngineError> {
         let partitions = self.config.partitions;
-        // The source reads in its own task, a few events ahead, so that waiting for the next
-        // event can be interrupted (shutdown, timers) without cancelling a read half-way.
-        let (events_tx, mut events_rx) = mpsc::channel::<Result<Event, SourceError>>(64);
-        let reader = tokio::spawn(read_source(source, events_tx));
+        // The source as a stream: the stream keeps a read in progress across polls, so waiting
+        // for the next event can be interrupted (shutdown, timers) without cancelling a read
+        // half-way, and a ready event is taken without a hand-off between tasks.
+        let events = futures_util::stream::unfold(Some(source), |state| async move {
+            let mut source = state?;
+            match source.next_event().await {
+                Ok(Some(event)) => Some((Ok(event), Some(source))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        let mut events = std::pin::pin!(events);
         let (done_tx, done_rx) = mpsc::channel::<Done>(partitions * 4);
         let (durable_tx, mut durable_rx) = watch::channel(0u64);
         let (failed_tx, mut failed_rx) = watch::channel::<Option<String>>(None);
@@ -297,10 +306,9 @@ impl Engine {
                     last_checkpoint = Instant::now();
                 }
                 // Fast path: an event is ready. Otherwise send what is batched, then wait.
-                let next = match events_rx.try_recv() {
-                    Ok(next) => Some(Some(next?)),
-                    Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
-                    Err(mpsc::error::TryRecvError::Empty) => {
+                let next = match events.next().now_or_never() {
+                    Some(next) => Some(next.transpose()?),
+                    None => {
                         flush(&queues, &mut batches).await?;
                         tokio::select! {
                             biased;
@@ -311,7 +319,7 @@ impl Engine {
                             }
                             // Wake up for time-based checkpoints and reloads when idle.
                             _ = tokio::time::sleep(self.config.checkpoint_interval.min(Duration::from_secs(1))) => continue,
-                            next = events_rx.recv() => Some(next.transpose()?),
+                            next = events.next() => Some(next.transpose()?),
                         }
                     }
                 };
@@ -347,7 +355,6 @@ impl Engine {
             Ok(())
         }
         .await;
-        reader.abort();
         drop(queues);
         for w in workers {
             let _ = w.await;
@@ -452,21 +459,6 @@ fn kind_index(body: &EventBody) -> usize {
         EventBody::Identity { .. } => 1,
         EventBody::Account { .. } => 2,
         EventBody::Sync { .. } => 3,
-    }
-}
-
-async fn read_source<S: EventSource>(mut source: S, tx: mpsc::Sender<Result<Event, SourceError>>) {
-    loop {
-        let next = source.next_event().await;
-        let end = !matches!(next, Ok(Some(_)));
-        let sent = match next {
-            Ok(Some(event)) => tx.send(Ok(event)).await,
-            Ok(None) => return,
-            Err(e) => tx.send(Err(e)).await,
-        };
-        if sent.is_err() || end {
-            return;
-        }
     }
 }
 
