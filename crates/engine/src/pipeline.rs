@@ -514,7 +514,7 @@ async fn worker(
         for envelope in batch.drain(..) {
             let event = envelope.event;
             let now = event_time(&event);
-            let mut account = accounts.before(&event.did, now);
+            let mut account = accounts.observe(&event, now);
             if let Some(identity) = &identity {
                 if let EventBody::Identity {
                     handle: Some(handle),
@@ -556,7 +556,6 @@ async fn worker(
                 .evaluation_seconds
                 .observe(started.elapsed().as_secs_f64());
             kinds[kind_index(&event.body)] += 1;
-            accounts.observe(&event, now);
             out.last_event_time = out.last_event_time.max(now);
             out.dispatched.push(envelope.dispatched);
         }

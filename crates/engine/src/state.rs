@@ -227,49 +227,33 @@ impl Accounts {
         &self.shards[(h % self.shards.len() as u64) as usize]
     }
 
-    /// The account as rules see it before `event`: `first_event` is set when this is the first
-    /// event by the account.
-    pub fn before(&self, did: &str, now: i64) -> Account {
-        let shard = lock(self.shard(did));
-        match shard.get(did) {
-            Some(s) => Account {
-                handle: s.handle.clone(),
-                first_seen: Some(s.first_seen),
-                first_event: !s.authored,
-                has_avatar: s.has_avatar,
-                posts: Some(s.posts),
-                followers: Some(s.followers),
-                follows: Some(s.follows),
-                labels: s.labels.clone(),
-                tags: s.tags.clone(),
-                ..Account::default()
-            },
-            None => Account {
-                first_seen: Some(now),
-                first_event: true,
-                posts: Some(0),
-                followers: Some(0),
-                follows: Some(0),
-                ..Account::default()
-            },
-        }
-    }
-
-    /// Updates state with `event` (after its rules ran).
-    pub fn observe(&self, event: &Event, now: i64) {
+    /// Records `event` in its author's state and returns the account as rules see it: as it
+    /// was *before* the event (`first_event` is set on the account's first event, counts do not
+    /// include this event). One lookup of the author per event.
+    pub fn observe(&self, event: &Event, now: i64) -> Account {
         let mut follow_changes: Vec<(String, i64)> = Vec::new();
+        let before;
         {
             let mut shard = lock(self.shard(&event.did));
-            if !shard.contains_key(&event.did) {
-                shard.insert(
-                    event.did.clone(),
-                    AccountState {
-                        first_seen: now,
-                        ..AccountState::default()
-                    },
-                );
-            }
-            let state = shard.get_mut(&event.did).expect("inserted above");
+            let state = match shard.get_mut(&event.did) {
+                Some(state) => state,
+                None => shard.entry(event.did.clone()).or_insert(AccountState {
+                    first_seen: now,
+                    ..AccountState::default()
+                }),
+            };
+            before = Account {
+                handle: state.handle.clone(),
+                first_seen: Some(state.first_seen),
+                first_event: !state.authored,
+                has_avatar: state.has_avatar,
+                posts: Some(state.posts),
+                followers: Some(state.followers),
+                follows: Some(state.follows),
+                labels: state.labels.clone(),
+                tags: state.tags.clone(),
+                ..Account::default()
+            };
             state.authored = true;
             match &event.body {
                 EventBody::Identity {
@@ -312,6 +296,7 @@ impl Accounts {
             });
             state.followers = (state.followers + delta).max(0);
         }
+        before
     }
 
     /// Applies a label or tag change made by an effect to the account's state.
