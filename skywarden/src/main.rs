@@ -28,7 +28,10 @@ use std::time::{Duration, Instant};
 /// with their CIDs verified, the signed commit checked against the frame, stale and replayed
 /// events dropped.
 ///
+/// `serve` runs rules on it and logs every action they fire, durably and explained.
+///
 /// Start with:
+///   skywarden serve --archive testdata/firehose/pds-recording.skwa --log-format text
 ///   skywarden ingest --archive testdata/firehose/pds-recording.skwa --stats
 ///   skywarden ingest --relay wss://bsky.network | head
 ///   skywarden record --relay wss://bsky.network --out today.skwa --duration 60
