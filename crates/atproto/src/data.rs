@@ -219,6 +219,11 @@ pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
         .or_else(|| STANDARD.decode(s).ok())
 }
 
+/// Encodes bytes as atproto JSON's `$bytes` does: standard alphabet, no padding.
+pub fn encode_base64(bytes: &[u8]) -> String {
+    STANDARD_NO_PAD.encode(bytes)
+}
+
 /// Converts a data model value to atproto JSON (`$link`, `$bytes` without padding).
 pub fn ipld_to_json(value: &Ipld) -> serde_json::Value {
     use serde_json::Value as J;
@@ -231,7 +236,7 @@ pub fn ipld_to_json(value: &Ipld) -> serde_json::Value {
         },
         Ipld::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
         Ipld::String(s) => J::String(s.clone()),
-        Ipld::Bytes(b) => serde_json::json!({ "$bytes": STANDARD_NO_PAD.encode(b) }),
+        Ipld::Bytes(b) => serde_json::json!({ "$bytes": encode_base64(b) }),
         Ipld::List(items) => J::Array(items.iter().map(ipld_to_json).collect()),
         Ipld::Map(map) => J::Object(
             map.iter()

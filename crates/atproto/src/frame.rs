@@ -293,3 +293,78 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
     de.end().map_err(|_| FrameError::Trailing)?;
     Ok(frame)
 }
+
+#[derive(Serialize)]
+struct OutHeader<'a> {
+    op: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    t: Option<&'a str>,
+}
+
+/// Encodes a message frame of any event stream: header `{op: 1, t}` then `body`.
+pub fn encode_message<T: Serialize>(t: &str, body: &T) -> Result<Vec<u8>, DataError> {
+    let mut out = crate::data::encode_cbor(&OutHeader { op: 1, t: Some(t) })?;
+    out.extend(crate::data::encode_cbor(body)?);
+    Ok(out)
+}
+
+/// Encodes an error frame: header `{op: -1}` then `{error, message}`.
+pub fn encode_error(error: &str, message: &str) -> Vec<u8> {
+    let body = ErrorFrame {
+        error: error.to_string(),
+        message: Some(message.to_string()),
+    };
+    let mut out = crate::data::encode_cbor(&OutHeader { op: -1, t: None }).unwrap_or_default();
+    out.extend(crate::data::encode_cbor(&body).unwrap_or_default());
+    out
+}
+
+/// A frame of any event stream, with its body decoded as the caller's type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamFrame<T> {
+    /// `op: 1` with its message type `t`.
+    Message {
+        /// The header's `t`, e.g. `#labels`.
+        t: String,
+        /// The body, as `Ipld` when `t` is not the caller's type.
+        body: Result<T, Ipld>,
+    },
+    /// `op: -1`.
+    Error(ErrorFrame),
+}
+
+/// Decodes a frame of any subscription; bodies of type `t == want` decode as `T`, others as
+/// `Ipld`.
+pub fn decode_stream_frame<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    want: &str,
+) -> Result<StreamFrame<T>, FrameError> {
+    let mut de = serde_ipld_dagcbor::de::Deserializer::from_slice(bytes);
+    let header = Header::deserialize(&mut de).map_err(|e| FrameError::Header(e.to_string()))?;
+    let body_err = |kind: &str, e: serde_ipld_dagcbor::DecodeError<std::convert::Infallible>| {
+        FrameError::Body {
+            kind: kind.to_string(),
+            message: e.to_string(),
+        }
+    };
+    let frame = match header.op {
+        1 => {
+            let t = header
+                .t
+                .ok_or_else(|| FrameError::Header("message frame without `t`".into()))?
+                .to_string();
+            let body = if t == want {
+                Ok(T::deserialize(&mut de).map_err(|e| body_err(&t, e))?)
+            } else {
+                Err(Ipld::deserialize(&mut de).map_err(|e| body_err(&t, e))?)
+            };
+            StreamFrame::Message { t, body }
+        }
+        -1 => {
+            StreamFrame::Error(ErrorFrame::deserialize(&mut de).map_err(|e| body_err("error", e))?)
+        }
+        op => return Err(FrameError::UnknownOp(op)),
+    };
+    de.end().map_err(|_| FrameError::Trailing)?;
+    Ok(frame)
+}

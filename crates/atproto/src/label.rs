@@ -71,6 +71,24 @@ pub enum LabelError {
     /// The signature is wrong.
     #[error(transparent)]
     Signature(#[from] CryptoError),
+    /// A field breaks `com.atproto.label.defs#label`.
+    #[error("label field `{field}`: {message}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The longest label value the lexicon allows, in bytes.
+pub const MAX_VALUE_BYTES: usize = 128;
+
+fn invalid(field: &'static str, message: impl Into<String>) -> LabelError {
+    LabelError::Invalid {
+        field,
+        message: message.into(),
+    }
 }
 
 impl Label {
@@ -96,10 +114,89 @@ impl Label {
         Ok(())
     }
 
+    /// Checks the fields against `com.atproto.label.defs#label`: `ver` 1, `src` a DID, `uri`
+    /// an AT-URI or a DID, `cid` a CID, `val` 1–128 bytes, `cts` and `exp` datetimes, `sig`
+    /// (when present) 64 bytes.
+    pub fn validate(&self) -> Result<(), LabelError> {
+        use crate::syntax::{AtUri, Datetime, Did, validate_cid_str};
+        if let Some(ver) = self.ver
+            && ver != 1
+        {
+            return Err(invalid("ver", format!("version {ver}; only 1 is defined")));
+        }
+        Did::new(&self.src).map_err(|e| invalid("src", e.to_string()))?;
+        if self.uri.starts_with("did:") {
+            Did::new(&self.uri).map_err(|e| invalid("uri", e.to_string()))?;
+        } else {
+            AtUri::new(&self.uri).map_err(|e| invalid("uri", e.to_string()))?;
+        }
+        if let Some(cid) = &self.cid {
+            validate_cid_str(cid).map_err(|e| invalid("cid", e.to_string()))?;
+        }
+        if self.val.is_empty() || self.val.len() > MAX_VALUE_BYTES {
+            return Err(invalid(
+                "val",
+                format!(
+                    "{} bytes; a value has 1 to {MAX_VALUE_BYTES}",
+                    self.val.len()
+                ),
+            ));
+        }
+        Datetime::new(&self.cts).map_err(|e| invalid("cts", e.to_string()))?;
+        if let Some(exp) = &self.exp {
+            Datetime::new(exp).map_err(|e| invalid("exp", e.to_string()))?;
+        }
+        if let Some(sig) = &self.sig
+            && sig.len() != 64
+        {
+            return Err(invalid("sig", format!("{} bytes; expected 64", sig.len())));
+        }
+        Ok(())
+    }
+
+    /// The label as atproto JSON (`sig` as `{"$bytes": base64}`), as XRPC responses carry it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "src": self.src,
+            "uri": self.uri,
+            "val": self.val,
+            "cts": self.cts,
+        });
+        let o = v.as_object_mut().expect("object");
+        if let Some(ver) = self.ver {
+            o.insert("ver".into(), ver.into());
+        }
+        if let Some(cid) = &self.cid {
+            o.insert("cid".into(), cid.clone().into());
+        }
+        if self.neg {
+            o.insert("neg".into(), true.into());
+        }
+        if let Some(exp) = &self.exp {
+            o.insert("exp".into(), exp.clone().into());
+        }
+        if let Some(sig) = &self.sig {
+            o.insert(
+                "sig".into(),
+                serde_json::json!({ "$bytes": crate::data::encode_base64(sig) }),
+            );
+        }
+        v
+    }
+
     /// Reads a label from atproto JSON (`sig` as `{"$bytes": ...}`).
     pub fn from_json(value: &serde_json::Value) -> Result<Label, DataError> {
         let ipld = crate::data::json_to_ipld(value)?;
         let bytes = encode_cbor(&ipld)?;
         serde_ipld_dagcbor::from_slice(&bytes).map_err(|e| DataError::Cbor(e.to_string()))
     }
+}
+
+/// The body of a `#labels` message on `com.atproto.label.subscribeLabels`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelsMessage {
+    /// The stream position of these labels.
+    pub seq: i64,
+    /// The labels.
+    pub labels: Vec<Label>,
 }

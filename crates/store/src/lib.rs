@@ -10,13 +10,17 @@
 //! - **quota usage** per action verb and UTC day;
 //! - **checkpoints** (a source's cursor) and **snapshots** (opaque state blobs: counters,
 //!   account state), written in the same transaction as each other so they always agree;
-//! - **sink cursors**: how far each sink has consumed the effect log.
+//! - **sink cursors**: how far each sink has consumed the effect log;
+//! - **labels** ([`labels`]): the labeler's signed labels in stream order, in SQLite or
+//!   Postgres behind the [`labels::LabelStore`] trait.
 //!
 //! The store decides nothing: de-duplication and quota policy belong to the engine, which
 //! reads and writes through a [`Tx`] so that an effect, the state it changes and the quota it
 //! uses commit together or not at all.
 
 #![warn(missing_docs)]
+
+pub mod labels;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
