@@ -1,0 +1,410 @@
+//! The `subscribeLabels` fan-out: one publisher tails the label store and broadcasts each new
+//! label as an encoded frame to every live subscriber; a subscriber with a cursor replays from
+//! the store first and then joins the broadcast without a gap or a duplicate.
+//!
+//! How the switch is exact: a subscriber registers with the broadcast *before* reading the
+//! store. Every label committed before that moment is in the store, every label published
+//! after it is in the subscriber's broadcast buffer, and the store makes rows visible in `seq`
+//! order (see `skywarden_store::labels`), so replaying to the store's end and then taking
+//! broadcast frames with `seq` above the last one sent covers every label once.
+//!
+//! Memory is bounded: the broadcast is a ring of `live_buffer` frames shared by all
+//! subscribers (one encoding per label, whatever the number of subscribers). A subscriber that
+//! falls a whole ring behind while live is closed with `ConsumerTooSlow`; one that fell behind
+//! during its replay goes back to the store and catches up from there.
+
+use crate::metrics::LabelerMetrics;
+use crate::stored_to_label;
+use bytes::Bytes;
+use skywarden_atproto::frame::{encode_error, encode_message};
+use skywarden_atproto::label::LabelsMessage;
+use skywarden_store::StoreError;
+use skywarden_store::labels::{LabelRow, LabelStore};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, broadcast, watch};
+
+/// Tuning of the fan-out.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Frames the live ring holds; a subscriber this far behind is too slow.
+    pub live_buffer: usize,
+    /// Labels read from the store per replay page.
+    pub replay_page: u32,
+    /// How often the publisher polls the store for labels written by other processes.
+    pub poll_interval: Duration,
+    /// Open subscriptions at most; more are refused.
+    pub max_subscribers: usize,
+    /// A frame the socket does not accept within this time closes the subscriber.
+    pub send_timeout: Duration,
+    /// A subscriber that falls behind the live ring during replay this many times is too slow.
+    pub max_catch_ups: u32,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            live_buffer: 8192,
+            replay_page: 1000,
+            poll_interval: Duration::from_millis(500),
+            max_subscribers: 20_000,
+            send_timeout: Duration::from_secs(15),
+            max_catch_ups: 4,
+        }
+    }
+}
+
+/// One encoded `#labels` frame and its position.
+#[derive(Debug, Clone)]
+pub struct LiveFrame {
+    /// The label's `seq`.
+    pub seq: i64,
+    /// The whole frame (header and body).
+    pub bytes: Bytes,
+}
+
+/// Encodes a stored label as a `#labels` frame.
+pub fn encode_row(row: &LabelRow) -> LiveFrame {
+    let message = LabelsMessage {
+        seq: row.seq,
+        labels: vec![stored_to_label(&row.label)],
+    };
+    let bytes = encode_message("#labels", &message).unwrap_or_else(|e| {
+        // Stored labels were validated before they were signed; this cannot fail on them.
+        tracing::error!(seq = row.seq, error = %e, "label frame did not encode");
+        Vec::new()
+    });
+    LiveFrame {
+        seq: row.seq,
+        bytes: Bytes::from(bytes),
+    }
+}
+
+/// Why a subscription was refused before it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The cursor is ahead of the stream.
+    FutureCursor {
+        /// The requested cursor.
+        cursor: i64,
+        /// The stream's last `seq`.
+        head: i64,
+    },
+    /// The process serves as many subscribers as configured.
+    TooManySubscribers,
+    /// The store could not be read.
+    Store(String),
+}
+
+impl Refusal {
+    /// The XRPC error name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Refusal::FutureCursor { .. } => "FutureCursor",
+            Refusal::TooManySubscribers => "TooManySubscribers",
+            Refusal::Store(_) => "InternalServerError",
+        }
+    }
+
+    /// The error frame to send before closing.
+    pub fn frame(&self) -> Bytes {
+        let message = match self {
+            Refusal::FutureCursor { cursor, head } => {
+                format!("cursor {cursor} is ahead of the stream, which ends at {head}")
+            }
+            Refusal::TooManySubscribers => {
+                "this labeler serves its maximum of subscribers; retry later".into()
+            }
+            Refusal::Store(_) => "the label store could not be read".into(),
+        };
+        Bytes::from(encode_error(self.name(), &message))
+    }
+}
+
+/// The fan-out; one per process, shared by every subscriber.
+#[derive(Debug)]
+pub struct LabelHub {
+    store: Arc<dyn LabelStore>,
+    live: broadcast::Sender<LiveFrame>,
+    published: AtomicI64,
+    wake: Notify,
+    subscribers: AtomicUsize,
+    metrics: Arc<LabelerMetrics>,
+    config: HubConfig,
+}
+
+impl LabelHub {
+    /// A hub over `store`; live subscribers start at the store's current end.
+    pub async fn new(
+        store: Arc<dyn LabelStore>,
+        metrics: Arc<LabelerMetrics>,
+        config: HubConfig,
+    ) -> Result<Arc<LabelHub>, StoreError> {
+        let head = store.head().await?;
+        let (live, _) = broadcast::channel(config.live_buffer.max(1));
+        metrics.published_seq.set(head);
+        Ok(Arc::new(LabelHub {
+            store,
+            live,
+            published: AtomicI64::new(head),
+            wake: Notify::new(),
+            subscribers: AtomicUsize::new(0),
+            metrics,
+            config,
+        }))
+    }
+
+    /// The label store.
+    pub fn store(&self) -> &Arc<dyn LabelStore> {
+        &self.store
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<LabelerMetrics> {
+        &self.metrics
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// Tells the publisher that labels were appended (it also polls).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The highest `seq` broadcast so far.
+    pub fn published(&self) -> i64 {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// Open subscriptions.
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
+    /// Broadcasts every label appended since the last call; returns how many.
+    pub async fn publish_pending(&self) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let after = self.published();
+            let rows = self.store.after(after, self.config.replay_page).await?;
+            for row in &rows {
+                // No receivers is fine: nobody is live.
+                let _ = self.live.send(encode_row(row));
+                self.published.store(row.seq, Ordering::Release);
+            }
+            if let Some(last) = rows.last() {
+                self.metrics.published_seq.set(last.seq);
+            }
+            total += rows.len();
+            if rows.len() < self.config.replay_page as usize {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// The publisher loop: publishes on every wake-up and poll until `shutdown`.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.publish_pending().await {
+                tracing::warn!(error = %e, "label publisher could not read the store; retrying");
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// Opens a subscription: `cursor = None` is live only; `Some(n)` replays every label with
+    /// `seq > n`, then goes live.
+    pub async fn subscribe(self: &Arc<Self>, cursor: Option<i64>) -> Result<Subscription, Refusal> {
+        let guard = SubscriberGuard::new(self.clone()).ok_or_else(|| {
+            self.metrics.refused("TooManySubscribers");
+            Refusal::TooManySubscribers
+        })?;
+        // Register for live frames before reading the store (see the module docs).
+        let rx = self.live.subscribe();
+        let mut info = None;
+        let replay_from = match cursor {
+            None => None,
+            Some(cursor) => {
+                let head = self
+                    .store
+                    .head()
+                    .await
+                    .map_err(|e| Refusal::Store(e.to_string()))?;
+                if cursor > head {
+                    self.metrics.refused("FutureCursor");
+                    return Err(Refusal::FutureCursor { cursor, head });
+                }
+                let compacted = self
+                    .store
+                    .compacted_through()
+                    .await
+                    .map_err(|e| Refusal::Store(e.to_string()))?;
+                if cursor < compacted {
+                    let body = skywarden_atproto::frame::InfoFrame {
+                        name: "OutdatedCursor".into(),
+                        message: Some(format!(
+                            "labels replaced before seq {compacted} were compacted; replaying the current ones"
+                        )),
+                    };
+                    info = encode_message("#info", &body).ok().map(Bytes::from);
+                }
+                Some(cursor.max(0))
+            }
+        };
+        Ok(Subscription {
+            hub: self.clone(),
+            rx,
+            last: replay_from,
+            replaying: replay_from.is_some(),
+            live_started: false,
+            catch_ups: 0,
+            queue: VecDeque::new(),
+            info,
+            replay_started: Instant::now(),
+            _guard: guard,
+        })
+    }
+}
+
+/// Counts an open subscription for as long as it lives.
+#[derive(Debug)]
+struct SubscriberGuard(Arc<LabelHub>);
+
+impl SubscriberGuard {
+    fn new(hub: Arc<LabelHub>) -> Option<SubscriberGuard> {
+        let max = hub.config.max_subscribers;
+        hub.subscribers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        hub.metrics.subscribers.inc();
+        Some(SubscriberGuard(hub))
+    }
+}
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.0.subscribers.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.subscribers.dec();
+    }
+}
+
+/// What to send next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// A frame; more follow.
+    Frame(Bytes),
+    /// A last frame (an error), then close.
+    Close(Bytes),
+    /// The hub shut down: close without a frame.
+    End,
+}
+
+/// One subscriber's position in the stream.
+#[derive(Debug)]
+pub struct Subscription {
+    hub: Arc<LabelHub>,
+    rx: broadcast::Receiver<LiveFrame>,
+    /// The last `seq` sent (or the cursor); `None` for a live-only subscriber not yet started.
+    last: Option<i64>,
+    replaying: bool,
+    live_started: bool,
+    catch_ups: u32,
+    queue: VecDeque<LiveFrame>,
+    info: Option<Bytes>,
+    replay_started: Instant,
+    _guard: SubscriberGuard,
+}
+
+impl Subscription {
+    /// Whether the subscriber is still replaying from the store.
+    pub fn replaying(&self) -> bool {
+        self.replaying
+    }
+
+    /// The last `seq` handed out.
+    pub fn last_seq(&self) -> Option<i64> {
+        self.last
+    }
+
+    fn too_slow(&self) -> Next {
+        self.hub.metrics.slow_consumers.inc();
+        Next::Close(Bytes::from(encode_error(
+            "ConsumerTooSlow",
+            "the subscriber fell too far behind the label stream; reconnect with a cursor",
+        )))
+    }
+
+    /// The next frame to send.
+    pub async fn next(&mut self) -> Next {
+        if let Some(info) = self.info.take() {
+            return Next::Frame(info);
+        }
+        loop {
+            if let Some(frame) = self.queue.pop_front() {
+                return Next::Frame(frame.bytes);
+            }
+            if self.replaying {
+                let after = self.last.unwrap_or(0);
+                let page = self.hub.config.replay_page;
+                let rows = match self.hub.store.after(after, page).await {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "label replay could not read the store");
+                        return Next::Close(Refusal::Store(e.to_string()).frame());
+                    }
+                };
+                if rows.len() < page as usize {
+                    self.replaying = false;
+                    self.hub
+                        .metrics
+                        .replay_seconds
+                        .observe(self.replay_started.elapsed().as_secs_f64());
+                }
+                for row in &rows {
+                    self.last = Some(row.seq);
+                    self.queue.push_back(encode_row(row));
+                }
+                continue;
+            }
+            match self.rx.recv().await {
+                Ok(frame) => {
+                    if self.last.is_some_and(|last| frame.seq <= last) {
+                        continue;
+                    }
+                    self.live_started = true;
+                    self.last = Some(frame.seq);
+                    return Next::Frame(frame.bytes);
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Behind during replay: the missed frames are in the store; catch up there.
+                    if !self.live_started && self.catch_ups < self.hub.config.max_catch_ups {
+                        self.catch_ups += 1;
+                        self.rx = self.hub.live.subscribe();
+                        self.replaying = self.last.is_some();
+                        if self.last.is_none() {
+                            // A live-only subscriber that lagged before its first frame.
+                            return self.too_slow();
+                        }
+                        continue;
+                    }
+                    return self.too_slow();
+                }
+                Err(broadcast::error::RecvError::Closed) => return Next::End,
+            }
+        }
+    }
+}
