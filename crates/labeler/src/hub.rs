@@ -10,8 +10,10 @@
 //!
 //! Memory is bounded: the broadcast is a ring of `live_buffer` frames shared by all
 //! subscribers (one encoding per label, whatever the number of subscribers). A subscriber that
-//! falls a whole ring behind while live is closed with `ConsumerTooSlow`; one that fell behind
-//! during its replay goes back to the store and catches up from there.
+//! falls off the ring (a burst, or a long replay) goes back to the store and catches up from
+//! there, holding one page at a time. One that is more than `max_lag` labels behind the
+//! stream, or whose socket does not take a frame within `send_timeout`, is closed with
+//! `ConsumerTooSlow`: it can reconnect with its last cursor.
 
 use crate::metrics::LabelerMetrics;
 use crate::stored_to_label;
@@ -39,8 +41,8 @@ pub struct HubConfig {
     pub max_subscribers: usize,
     /// A frame the socket does not accept within this time closes the subscriber.
     pub send_timeout: Duration,
-    /// A subscriber that falls behind the live ring during replay this many times is too slow.
-    pub max_catch_ups: u32,
+    /// A subscriber this many labels behind the newest is too slow.
+    pub max_lag: i64,
 }
 
 impl Default for HubConfig {
@@ -51,7 +53,7 @@ impl Default for HubConfig {
             poll_interval: Duration::from_millis(500),
             max_subscribers: 20_000,
             send_timeout: Duration::from_secs(15),
-            max_catch_ups: 4,
+            max_lag: 100_000,
         }
     }
 }
@@ -233,6 +235,7 @@ impl LabelHub {
         })?;
         // Register for live frames before reading the store (see the module docs).
         let rx = self.live.subscribe();
+        let live_from = self.published();
         let mut info = None;
         let replay_from = match cursor {
             None => None,
@@ -266,10 +269,9 @@ impl LabelHub {
         Ok(Subscription {
             hub: self.clone(),
             rx,
-            last: replay_from,
+            // Live only: everything published after registering.
+            last: replay_from.unwrap_or(live_from),
             replaying: replay_from.is_some(),
-            live_started: false,
-            catch_ups: 0,
             queue: VecDeque::new(),
             info,
             replay_started: Instant::now(),
@@ -318,11 +320,9 @@ pub enum Next {
 pub struct Subscription {
     hub: Arc<LabelHub>,
     rx: broadcast::Receiver<LiveFrame>,
-    /// The last `seq` sent (or the cursor); `None` for a live-only subscriber not yet started.
-    last: Option<i64>,
+    /// The last `seq` sent, or where the subscriber started.
+    last: i64,
     replaying: bool,
-    live_started: bool,
-    catch_ups: u32,
     queue: VecDeque<LiveFrame>,
     info: Option<Bytes>,
     replay_started: Instant,
@@ -335,8 +335,8 @@ impl Subscription {
         self.replaying
     }
 
-    /// The last `seq` handed out.
-    pub fn last_seq(&self) -> Option<i64> {
+    /// The last `seq` handed out (or the starting position).
+    pub fn last_seq(&self) -> i64 {
         self.last
     }
 
@@ -358,9 +358,11 @@ impl Subscription {
                 return Next::Frame(frame.bytes);
             }
             if self.replaying {
-                let after = self.last.unwrap_or(0);
+                if self.hub.published() - self.last > self.hub.config.max_lag {
+                    return self.too_slow();
+                }
                 let page = self.hub.config.replay_page;
-                let rows = match self.hub.store.after(after, page).await {
+                let rows = match self.hub.store.after(self.last, page).await {
                     Ok(rows) => rows,
                     Err(e) => {
                         tracing::warn!(error = %e, "label replay could not read the store");
@@ -375,33 +377,26 @@ impl Subscription {
                         .observe(self.replay_started.elapsed().as_secs_f64());
                 }
                 for row in &rows {
-                    self.last = Some(row.seq);
+                    self.last = row.seq;
                     self.queue.push_back(encode_row(row));
                 }
                 continue;
             }
             match self.rx.recv().await {
                 Ok(frame) => {
-                    if self.last.is_some_and(|last| frame.seq <= last) {
+                    if frame.seq <= self.last {
                         continue;
                     }
-                    self.live_started = true;
-                    self.last = Some(frame.seq);
+                    self.last = frame.seq;
                     return Next::Frame(frame.bytes);
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    // Behind during replay: the missed frames are in the store; catch up there.
-                    if !self.live_started && self.catch_ups < self.hub.config.max_catch_ups {
-                        self.catch_ups += 1;
-                        self.rx = self.hub.live.subscribe();
-                        self.replaying = self.last.is_some();
-                        if self.last.is_none() {
-                            // A live-only subscriber that lagged before its first frame.
-                            return self.too_slow();
-                        }
-                        continue;
-                    }
-                    return self.too_slow();
+                    // Fell off the ring: the missed frames are in the store; catch up there
+                    // (the lag check above closes a subscriber that is hopelessly behind).
+                    self.rx = self.hub.live.subscribe();
+                    self.replaying = true;
+                    self.replay_started = Instant::now();
+                    continue;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Next::End,
             }

@@ -1,14 +1,18 @@
-//! skywarden's HTTP surface. Today: health, readiness and Prometheus metrics for operators;
-//! the moderation XRPC API and the console arrive with the moderation backend.
+//! skywarden's HTTP surface: health, readiness and Prometheus metrics for operators, and the
+//! labeler's public XRPC. The moderation XRPC API and the console arrive with the moderation
+//! backend.
 //!
 //! | path | what |
 //! |---|---|
 //! | `GET /xrpc/_health` | `{"version": …, "ruleset": {…}}`, always 200 while the process serves |
 //! | `GET /ready` | 200 once the engine runs with a good ruleset and a live source; 503 with the reason otherwise |
 //! | `GET /metrics` | Prometheus text format |
+//! | `GET /xrpc/com.atproto.label.subscribeLabels` | the label stream (WebSocket, CBOR frames) |
+//! | `GET /xrpc/com.atproto.label.queryLabels` | current labels by URI pattern |
+//! | `GET /.well-known/did.json` | the DID document of a did:web labeler |
 //!
-//! Every route here is read-only; write endpoints (with authentication) come with the
-//! moderation API.
+//! Every route here is read-only and public, as the protocol defines these; write endpoints
+//! (with authentication) come with the moderation API.
 
 #![warn(missing_docs)]
 
@@ -20,6 +24,10 @@ use axum::routing::get;
 use skywarden_engine::metrics::Metrics;
 use skywarden_engine::rules::RulesSlot;
 use std::sync::{Arc, Mutex};
+
+pub mod labels;
+
+pub use labels::LabelerApi;
 
 /// What the readiness probe reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +51,8 @@ pub struct AppState {
     pub rules: Arc<RulesSlot>,
     /// The engine's lifecycle, set by the binary.
     pub readiness: Arc<Mutex<Readiness>>,
+    /// The labeler, when this process is one.
+    pub labeler: Option<LabelerApi>,
 }
 
 /// The router.
@@ -51,6 +61,15 @@ pub fn router(state: AppState) -> Router {
         .route("/xrpc/_health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route(
+            "/xrpc/com.atproto.label.subscribeLabels",
+            get(labels::subscribe_labels),
+        )
+        .route(
+            "/xrpc/com.atproto.label.queryLabels",
+            get(labels::query_labels),
+        )
+        .route("/.well-known/did.json", get(labels::did_document))
         .fallback(not_found)
         .with_state(state)
 }
@@ -87,24 +106,36 @@ async fn ready(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    let mut registry = state.metrics.registry();
+    if let Some(labeler) = &state.labeler {
+        labeler.hub.metrics().register(&mut registry);
+    }
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(),
+        out,
     )
         .into_response()
 }
 
 async fn not_found() -> Response {
+    xrpc_error(StatusCode::NOT_FOUND, "NotFound", "no such endpoint")
+}
+
+/// An XRPC error response: `{"error", "message"}`.
+pub(crate) fn xrpc_error(code: StatusCode, error: &str, message: &str) -> Response {
     json(
-        StatusCode::NOT_FOUND,
-        serde_json::json!({ "error": "NotFound", "message": "no such endpoint" }),
+        code,
+        serde_json::json!({ "error": error, "message": message }),
     )
 }
 
-fn json(code: StatusCode, body: serde_json::Value) -> Response {
+pub(crate) fn json(code: StatusCode, body: serde_json::Value) -> Response {
     (
         code,
         [(header::CONTENT_TYPE, "application/json")],
