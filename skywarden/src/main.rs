@@ -1,6 +1,7 @@
 //! The `skywarden` command line: wiring only; the work happens in the library crates.
 
 mod default_rules;
+mod labeler_cmd;
 mod rules_cmd;
 mod serve_cmd;
 
@@ -116,8 +117,9 @@ enum Command {
         #[command(subcommand)]
         command: rules_cmd::RulesCommand,
     },
-    /// Run the engine: watch a source, evaluate the ruleset, log effects durably, serve
-    /// health, readiness and metrics over HTTP.
+    /// Run the engine: watch a source, evaluate the ruleset, log effects durably, sign labels
+    /// and serve them (subscribeLabels, queryLabels), and serve health, readiness and metrics
+    /// over HTTP.
     ///
     /// Every flag can also be set as SKYWARDEN_<FLAG> (e.g. SKYWARDEN_DATA_DIR) or in the
     /// --config file; flags win over the environment, which wins over the file. SIGHUP
@@ -129,6 +131,20 @@ enum Command {
     ///   skywarden serve --config /etc/skywarden/skywarden.toml
     #[command(verbatim_doc_comment)]
     Serve(serve_cmd::ServeArgs),
+    /// The labeler's signing key.
+    ///
+    /// Examples:
+    ///   skywarden keys show --data-dir /var/lib/skywarden
+    #[command(verbatim_doc_comment)]
+    Keys {
+        #[command(subcommand)]
+        command: labeler_cmd::KeysCommand,
+    },
+    /// The labeler's identity: its service record and did:web document.
+    Labeler {
+        #[command(subcommand)]
+        command: labeler_cmd::LabelerCommand,
+    },
 }
 
 #[derive(Args)]
@@ -271,6 +287,8 @@ fn main() -> ExitCode {
                 level,
             } => record(source, out, append, limit, duration, level).await,
             Command::Rules { command } => rules_cmd::run(command).await,
+            Command::Keys { command } => labeler_cmd::keys(command),
+            Command::Labeler { command } => labeler_cmd::labeler(command).await,
             Command::Serve(_) => match serve_settings {
                 Some(settings) => serve_cmd::run(settings).await,
                 None => Err("serve settings missing".into()),

@@ -3,6 +3,7 @@
 //! sinks. `docs/operations/configuration.md` documents every setting.
 
 use crate::default_rules;
+use crate::labeler_cmd::{LabelerArgs, LabelerFile, LabelerSettings};
 use clap::Args;
 use serde::Deserialize;
 use skywarden_engine::identity::{IdentityConfig, IdentityResolver};
@@ -92,14 +93,32 @@ pub struct ServeArgs {
     /// Log format: json or text [default: json].
     #[arg(long, value_name = "FORMAT", env = "SKYWARDEN_LOG_FORMAT")]
     pub log_format: Option<String>,
+    #[command(flatten)]
+    pub labeler: LabelerArgs,
 }
 
-/// The config file: the same settings as the flags, plus structured quotas and webhooks.
+/// Where HTTP listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:2480";
+
+/// Reads the config file (`None`: every setting absent).
+pub fn read_file_config(path: Option<&std::path::Path>) -> Result<FileConfig, String> {
+    match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        None => Ok(FileConfig::default()),
+    }
+}
+
+/// The config file: the same settings as the flags, plus structured quotas, webhooks and the
+/// labeler's declaration.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileConfig {
-    data_dir: Option<PathBuf>,
-    listen: Option<String>,
+pub struct FileConfig {
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) listen: Option<String>,
     relay: Option<String>,
     jetstream: Option<String>,
     archive: Option<PathBuf>,
@@ -118,6 +137,27 @@ struct FileConfig {
     quotas: BTreeMap<String, i64>,
     #[serde(default)]
     webhook: Vec<FileWebhook>,
+    labeler_enabled: Option<bool>,
+    labeler_did: Option<String>,
+    public_url: Option<String>,
+    signing_key_type: Option<String>,
+    postgres_url: Option<String>,
+    #[serde(default)]
+    labeler: skywarden_labeler::service::Declaration,
+}
+
+impl FileConfig {
+    /// The labeler's settings from the file.
+    pub fn labeler_file(&mut self) -> LabelerFile {
+        LabelerFile {
+            labeler_enabled: self.labeler_enabled,
+            labeler_did: self.labeler_did.take(),
+            public_url: self.public_url.take(),
+            signing_key_type: self.signing_key_type.take(),
+            postgres_url: self.postgres_url.take(),
+            labeler: std::mem::take(&mut self.labeler),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +187,7 @@ pub struct Settings {
     watch_rules: bool,
     /// `json` or `text`.
     pub log_format: String,
+    labeler: LabelerSettings,
 }
 
 #[derive(Debug)]
@@ -159,14 +200,8 @@ enum SourceSetting {
 impl ServeArgs {
     /// Merges flags and environment (already in `self`) over the config file and defaults.
     pub fn settings(self) -> Result<Settings, String> {
-        let file: FileConfig = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
-            }
-            None => FileConfig::default(),
-        };
+        let mut file = read_file_config(self.config.as_deref())?;
+        let labeler_file = file.labeler_file();
         let relay = self.relay.or(file.relay);
         let jetstream = self.jetstream.or(file.jetstream);
         let archive = self.archive.or(file.archive);
@@ -287,15 +322,17 @@ impl ServeArgs {
         if log_format != "json" && log_format != "text" {
             return Err(format!("log format `{log_format}`: expected json or text"));
         }
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let labeler = self.labeler.settings(labeler_file, &listen)?;
         Ok(Settings {
             data_dir: self
                 .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("skywarden-data")),
-            listen: self
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| "127.0.0.1:2480".into()),
+            listen,
             source,
             start_cursor: self.cursor.or(file.cursor),
             rules: self.rules.or(file.rules),
@@ -304,6 +341,7 @@ impl ServeArgs {
             webhooks,
             watch_rules: self.watch_rules.or(file.watch_rules).unwrap_or(true),
             log_format,
+            labeler,
         })
     }
 }
@@ -374,6 +412,21 @@ pub async fn run(settings: Settings) -> Result<(), String> {
 
     let readiness = Arc::new(Mutex::new(Readiness::Starting));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (sinks_stop_tx, sinks_stop_rx) = watch::channel(false);
+    let labeler = if settings.labeler.enabled {
+        Some(
+            crate::labeler_cmd::start(
+                &settings.labeler,
+                &settings.data_dir,
+                &store,
+                engine.sinks_wake(),
+                sinks_stop_rx.clone(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
@@ -383,6 +436,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             metrics: metrics.clone(),
             rules: rules.clone(),
             readiness: readiness.clone(),
+            labeler: labeler.as_ref().map(|l| l.api.clone()),
         };
         let mut stop = shutdown_rx.clone();
         tokio::spawn(skywarden_server::serve(listener, state, async move {
@@ -396,7 +450,6 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             Duration::from_secs(1),
         ));
     }
-    let (sinks_stop_tx, sinks_stop_rx) = watch::channel(false);
     let mut sinks = Vec::new();
     for w in &settings.webhooks {
         sinks.push(tokio::spawn(run_webhook_sink(
@@ -426,18 +479,24 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         }
     }
     // Let sinks catch up with the log for a little while, then stop them.
-    let last = store.effect_count().await.unwrap_or(0);
+    let mut cursors: Vec<String> = settings
+        .webhooks
+        .iter()
+        .map(|w| format!("webhook:{}", w.name))
+        .collect();
+    if labeler.is_some() {
+        cursors.push(skywarden_labeler::sink::CURSOR.into());
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    for w in &settings.webhooks {
-        while tokio::time::Instant::now() < deadline && last > 0 {
-            let name = format!("webhook:{}", w.name);
-            let at = store.sink_cursor(&name).await.unwrap_or(0);
-            let max = store
+    for name in &cursors {
+        while tokio::time::Instant::now() < deadline {
+            let at = store.sink_cursor(name).await.unwrap_or(0);
+            let caught_up = store
                 .effects_after(at, 1)
                 .await
                 .map(|r| r.is_empty())
                 .unwrap_or(true);
-            if max {
+            if caught_up {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -446,6 +505,9 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     let _ = sinks_stop_tx.send(true);
     for s in sinks {
         let _ = s.await;
+    }
+    if let Some(labeler) = labeler {
+        labeler.join().await;
     }
     let _ = shutdown_tx.send(true);
     let _ = http.await;
