@@ -2,7 +2,11 @@
 //! post the GTUBE string, send one message into eight threads, and follow 3,100 accounts, next
 //! to two ordinary accounts. skywarden, running the built-in default ruleset on the PDS's
 //! firehose with identity resolution from the PDS's PLC, must log the expected effects with
-//! their explanations, and no enforcement for the ordinary accounts.
+//! their explanations, and no enforcement for the ordinary accounts. The labels the rules
+//! produced must reach the network's own clients: `@atproto/api` calls `queryLabels` and
+//! `@atproto/xrpc-server`'s `Subscription` consumes `subscribeLabels` on the running service
+//! (`tests/pds/labels.mjs client`), checking each frame against the lexicons and each
+//! signature with `@atproto/crypto` and the key in the labeler's `/.well-known/did.json`.
 //!
 //! Needs Node.js with npm (see tests/pds/README.md); `tests/pds/install.sh` installs the pinned
 //! PDS when needed.
@@ -178,6 +182,72 @@ async fn serve_on_a_real_pds_logs_explained_effects_for_abuse_and_none_for_ordin
             "metrics lack {needle}:\n{metrics}"
         );
     }
+
+    // The labels reach the network's own clients, signed.
+    let labeler_did = format!("did:web:127.0.0.1%3A{port}");
+    let started = Instant::now();
+    let published = loop {
+        // The label sink runs after the effect log; wait for the GTUBE label to be served.
+        let (_, metrics) = http_get(port, "/metrics").await;
+        let published = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("skywarden_labeler_published_seq "))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        let labelled = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("skywarden_actions_total{verb=\"label\",outcome=\"applied\"} ")
+            })
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        if labelled > 0 && published >= labelled {
+            break published;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "labels not published ({published} of {labelled}):\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let client = Command::new("node")
+        .arg(dir.join("labels.mjs"))
+        .args(["client", "--service"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args(["--expect", &published.to_string()])
+        .current_dir(&dir)
+        .output()
+        .await
+        .expect("run tests/pds/labels.mjs client");
+    assert!(
+        client.status.success(),
+        "labels.mjs client: {}\n{}",
+        String::from_utf8_lossy(&client.stdout),
+        String::from_utf8_lossy(&client.stderr)
+    );
+    let report: Value = serde_json::from_slice(&client.stdout).unwrap();
+    println!("labels seen by @atproto clients: {report}");
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    let gtube_label = |list: &Value| {
+        list.as_array().unwrap().iter().any(|l| {
+            l["val"] == "spam"
+                && l["src"] == labeler_did.as_str()
+                && l["uri"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("at://{gtuber}/app.bsky.feed.post/"))
+        })
+    };
+    assert!(
+        gtube_label(&report["streamed"]),
+        "subscribeLabels: {report}"
+    );
+    assert!(gtube_label(&report["queried"]), "queryLabels: {report}");
+    assert_eq!(
+        report["streamed"].as_array().unwrap().len() as i64,
+        published,
+        "{report}"
+    );
 
     // Graceful stop: SIGTERM drains and checkpoints.
     let pid = serve.id().unwrap().to_string();
