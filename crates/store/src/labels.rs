@@ -285,10 +285,11 @@ CREATE TABLE IF NOT EXISTS label_meta (
 "#;
 
 /// SQL for one query range; `$n` placeholders work in both SQLite and Postgres when they
-/// appear in increasing order.
-fn range_sql(has_hi: bool, has_after: bool, sources: usize) -> String {
+/// appear in increasing order. `table` is `labels`, or SQLite's `labels INDEXED BY …` to pin
+/// the plan to the view index (one range scan, no sort) whatever the statistics say.
+fn range_sql(table: &str, has_hi: bool, has_after: bool, sources: usize) -> String {
     let mut sql = format!(
-        "SELECT {COLUMNS} FROM labels WHERE current AND NOT neg AND uri >= $1 \
+        "SELECT {COLUMNS} FROM {table} WHERE current AND NOT neg AND uri >= $1 \
          AND (exp_micros IS NULL OR exp_micros > $2)"
     );
     let mut n = 3;
@@ -317,7 +318,7 @@ fn range_sql(has_hi: bool, has_after: bool, sources: usize) -> String {
 /// Implements [`LabelStore`] for a pool type; the two backends differ only in their schema
 /// and in how writers are serialised.
 macro_rules! label_store {
-    ($store:ident, $db:ty, $serialise:expr) => {
+    ($store:ident, $db:ty, $serialise:expr, $query_table:expr) => {
         impl LabelStore for $store {
             fn append<'a>(
                 &'a self,
@@ -456,7 +457,7 @@ macro_rules! label_store {
                         {
                             continue;
                         }
-                        let sql = range_sql(hi.is_some(), after.is_some(), query.sources.len());
+                        let sql = range_sql($query_table, hi.is_some(), after.is_some(), query.sources.len());
                         let mut q = sqlx::query(&sql).bind(lo).bind(query.now_micros);
                         if let Some(hi) = hi {
                             q = q.bind(hi);
@@ -562,9 +563,17 @@ impl SqliteLabelStore {
     }
 }
 
+/// The view index, pinned: SQLite then refuses the query rather than scan.
+const SQLITE_QUERY_TABLE: &str = "labels INDEXED BY labels_view";
+
 mod sqlite_impl {
     use super::*;
-    label_store!(SqliteLabelStore, sqlx::Sqlite, None::<&str>);
+    label_store!(
+        SqliteLabelStore,
+        sqlx::Sqlite,
+        None::<&str>,
+        SQLITE_QUERY_TABLE
+    );
 }
 
 /// Labels in Postgres. Writers take a transaction-scoped advisory lock, so rows commit in
@@ -640,7 +649,12 @@ fn redact(url: &str) -> String {
 
 mod pg_impl {
     use super::*;
-    label_store!(PgLabelStore, sqlx::Postgres, Some(LABEL_WRITE_LOCK));
+    label_store!(
+        PgLabelStore,
+        sqlx::Postgres,
+        Some(LABEL_WRITE_LOCK),
+        "labels"
+    );
 }
 
 #[cfg(test)]
@@ -684,5 +698,41 @@ mod tests {
                 seq: 7
             })
         );
+    }
+
+    #[tokio::test]
+    async fn sqlite_serves_every_query_shape_from_the_view_index_without_sorting() {
+        let store = crate::Store::open_in_memory().await.unwrap();
+        let labels = SqliteLabelStore::new(&store).await.unwrap();
+        for (has_hi, has_after, sources) in [(true, false, 0), (true, true, 2), (false, true, 0)] {
+            let sql = format!(
+                "EXPLAIN QUERY PLAN {}",
+                range_sql(SQLITE_QUERY_TABLE, has_hi, has_after, sources)
+            );
+            let mut q = sqlx::query(&sql).bind("at://did:plc:a/").bind(0i64);
+            if has_hi {
+                q = q.bind("at://did:plc:a0");
+            }
+            if has_after {
+                q = q
+                    .bind("at://did:plc:a/x")
+                    .bind("at://did:plc:a/x")
+                    .bind(3i64);
+            }
+            for _ in 0..sources {
+                q = q.bind("did:plc:src");
+            }
+            let plan: Vec<String> = q
+                .bind(10i64)
+                .fetch_all(&labels.pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<String, _>(3))
+                .collect();
+            let plan = plan.join("; ");
+            assert!(plan.contains("USING INDEX labels_view"), "{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+        }
     }
 }
