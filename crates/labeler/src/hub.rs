@@ -11,9 +11,11 @@
 //! Memory is bounded: the broadcast is a ring of `live_buffer` frames shared by all
 //! subscribers (one encoding per label, whatever the number of subscribers). A subscriber that
 //! falls off the ring (a burst, or a long replay) goes back to the store and catches up from
-//! there, holding one page at a time. One that is more than `max_lag` labels behind the
-//! stream, or whose socket does not take a frame within `send_timeout`, is closed with
-//! `ConsumerTooSlow`: it can reconnect with its last cursor.
+//! there, holding one page at a time. One that has been live and then falls more than
+//! `max_lag` labels behind the stream, or whose socket does not take a frame within
+//! `send_timeout`, is closed with `ConsumerTooSlow`: it can reconnect with its last cursor.
+//! (A subscriber replaying history is far behind by its own request; it is never cut off
+//! for that.)
 
 use crate::metrics::LabelerMetrics;
 use crate::stored_to_label;
@@ -41,7 +43,7 @@ pub struct HubConfig {
     pub max_subscribers: usize,
     /// A frame the socket does not accept within this time closes the subscriber.
     pub send_timeout: Duration,
-    /// A subscriber this many labels behind the newest is too slow.
+    /// A subscriber that was live and is now this many labels behind the newest is too slow.
     pub max_lag: i64,
 }
 
@@ -272,6 +274,7 @@ impl LabelHub {
             // Live only: everything published after registering.
             last: replay_from.unwrap_or(live_from),
             replaying: replay_from.is_some(),
+            was_live: replay_from.is_none(),
             queue: VecDeque::new(),
             info,
             replay_started: Instant::now(),
@@ -323,6 +326,8 @@ pub struct Subscription {
     /// The last `seq` sent, or where the subscriber started.
     last: i64,
     replaying: bool,
+    /// Reached the live stream at least once (the lag limit applies from then on).
+    was_live: bool,
     queue: VecDeque<LiveFrame>,
     info: Option<Bytes>,
     replay_started: Instant,
@@ -358,7 +363,7 @@ impl Subscription {
                 return Next::Frame(frame.bytes);
             }
             if self.replaying {
-                if self.hub.published() - self.last > self.hub.config.max_lag {
+                if self.was_live && self.hub.published() - self.last > self.hub.config.max_lag {
                     return self.too_slow();
                 }
                 let page = self.hub.config.replay_page;
@@ -371,6 +376,7 @@ impl Subscription {
                 };
                 if rows.len() < page as usize {
                     self.replaying = false;
+                    self.was_live = true;
                     self.hub
                         .metrics
                         .replay_seconds
