@@ -143,10 +143,34 @@ async fn run() {
         None => format!("ws://{addr}/xrpc/com.atproto.label.subscribeLabels"),
     };
 
-    println!("machine: {} cores; clients share the process", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!(
+        "machine: {} cores; clients share the process",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
 
-    // Replay to one subscriber.
+    // Replay to one subscriber, and what its parts cost alone.
     write(&hub, &key, 0, replay_n).await;
+    let started = Instant::now();
+    let (mut after, mut rows) = (0, Vec::new());
+    loop {
+        let page = hub.store().after(after, 1000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        rows.extend(page);
+    }
+    let read_secs = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let encoded: usize = rows
+        .iter()
+        .map(|r| skywarden_labeler::hub::encode_row(r).bytes.len())
+        .sum();
+    let encode_secs = started.elapsed().as_secs_f64();
+    println!(
+        "  parts: store pages {:.0} labels/s, frame encoding {:.0} labels/s ({encoded} B)",
+        rows.len() as f64 / read_secs,
+        rows.len() as f64 / encode_secs
+    );
+    drop(rows);
     let started = Instant::now();
     let bytes = read(url(Some(0)), replay_n).await;
     let secs = started.elapsed().as_secs_f64();

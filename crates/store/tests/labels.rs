@@ -10,9 +10,24 @@ use skywarden_store::labels::{
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// The server to test against; the machine's own is started if it is down
+/// (`tests/services/postgres.sh`).
 fn postgres_url() -> String {
-    std::env::var("SKYWARDEN_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    if let Ok(url) = std::env::var("SKYWARDEN_TEST_POSTGRES") {
+        return url;
+    }
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/services/postgres.sh");
+        let out = std::process::Command::new("bash").arg(&script).output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => panic!("{}", String::from_utf8_lossy(&o.stderr)),
+            Err(e) => panic!("cannot run {}: {e}", script.display()),
+        }
+    });
+    "postgres://postgres@127.0.0.1:5432/test".into()
 }
 
 static SCHEMAS: AtomicUsize = AtomicUsize::new(0);
