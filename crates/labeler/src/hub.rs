@@ -37,6 +37,8 @@ pub struct HubConfig {
     pub live_buffer: usize,
     /// Labels read from the store per replay page.
     pub replay_page: u32,
+    /// Encoded replay pages kept for other subscribers replaying the same range (0: none).
+    pub cached_pages: usize,
     /// How often the publisher polls the store for labels written by other processes.
     pub poll_interval: Duration,
     /// Open subscriptions at most; more are refused.
@@ -52,6 +54,7 @@ impl Default for HubConfig {
         HubConfig {
             live_buffer: 8192,
             replay_page: 1000,
+            cached_pages: 64,
             poll_interval: Duration::from_millis(500),
             max_subscribers: 20_000,
             send_timeout: Duration::from_secs(15),
@@ -127,10 +130,20 @@ impl Refusal {
     }
 }
 
+/// Encoded replay pages, shared by subscribers replaying the same range. Page `k` holds the
+/// frames with `seq` in `(k·P, (k+1)·P]`; only pages wholly at or below the published `seq`
+/// are kept, because rows become visible in `seq` order: nothing can join such a page later.
+#[derive(Debug, Default)]
+struct PageCache {
+    pages: std::collections::HashMap<i64, Arc<Vec<LiveFrame>>>,
+    order: VecDeque<i64>,
+}
+
 /// The fan-out; one per process, shared by every subscriber.
 #[derive(Debug)]
 pub struct LabelHub {
     store: Arc<dyn LabelStore>,
+    pages: std::sync::Mutex<PageCache>,
     live: broadcast::Sender<LiveFrame>,
     published: AtomicI64,
     wake: Notify,
@@ -151,6 +164,7 @@ impl LabelHub {
         metrics.published_seq.set(head);
         Ok(Arc::new(LabelHub {
             store,
+            pages: std::sync::Mutex::new(PageCache::default()),
             live,
             published: AtomicI64::new(head),
             wake: Notify::new(),
@@ -188,6 +202,52 @@ impl LabelHub {
     /// Open subscriptions.
     pub fn subscriber_count(&self) -> usize {
         self.subscribers.load(Ordering::Relaxed)
+    }
+
+    /// Replay frames after `after`, and whether they reach the end of what is stored (the
+    /// replay is then done). Complete pages come from (and go to) the page cache.
+    async fn replay_from(&self, after: i64) -> Result<(Vec<LiveFrame>, bool), StoreError> {
+        let size = i64::from(self.config.replay_page.max(1));
+        let page = after.div_euclid(size);
+        let hi = (page + 1) * size;
+        if self.config.cached_pages == 0 || hi > self.published() {
+            // The head of the stream (or no cache): one page of whatever follows `after`.
+            let rows = self.store.after(after, size as u32).await?;
+            let done = (rows.len() as i64) < size;
+            return Ok((rows.iter().map(encode_row).collect(), done));
+        }
+        let cached = self
+            .pages
+            .lock()
+            .ok()
+            .and_then(|c| c.pages.get(&page).cloned());
+        let frames = match cached {
+            Some(frames) => frames,
+            None => {
+                // At most `size` rows have a seq in (page·size, hi]; any more are past hi.
+                let rows = self.store.after(page * size, size as u32).await?;
+                let frames: Arc<Vec<LiveFrame>> = Arc::new(
+                    rows.iter()
+                        .filter(|r| r.seq <= hi)
+                        .map(encode_row)
+                        .collect(),
+                );
+                if let Ok(mut cache) = self.pages.lock() {
+                    if cache.pages.insert(page, frames.clone()).is_none() {
+                        cache.order.push_back(page);
+                    }
+                    while cache.order.len() > self.config.cached_pages {
+                        if let Some(old) = cache.order.pop_front() {
+                            cache.pages.remove(&old);
+                        }
+                    }
+                }
+                frames
+            }
+        };
+        let rest = frames.iter().filter(|f| f.seq > after).cloned().collect();
+        // A complete page is never the end: the next page, or the head, follows.
+        Ok((rest, false))
     }
 
     /// Broadcasts every label appended since the last call; returns how many.
@@ -366,15 +426,19 @@ impl Subscription {
                 if self.was_live && self.hub.published() - self.last > self.hub.config.max_lag {
                     return self.too_slow();
                 }
-                let page = self.hub.config.replay_page;
-                let rows = match self.hub.store.after(self.last, page).await {
-                    Ok(rows) => rows,
+                let (frames, done) = match self.hub.replay_from(self.last).await {
+                    Ok(r) => r,
                     Err(e) => {
                         tracing::warn!(error = %e, "label replay could not read the store");
                         return Next::Close(Refusal::Store(e.to_string()).frame());
                     }
                 };
-                if rows.len() < page as usize {
+                if frames.is_empty() && !done {
+                    // A complete page with nothing after `last` (compacted or gaps): skip it.
+                    let size = i64::from(self.hub.config.replay_page.max(1));
+                    self.last = (self.last.div_euclid(size) + 1) * size;
+                }
+                if done {
                     self.replaying = false;
                     self.was_live = true;
                     self.hub
@@ -382,9 +446,9 @@ impl Subscription {
                         .replay_seconds
                         .observe(self.replay_started.elapsed().as_secs_f64());
                 }
-                for row in &rows {
-                    self.last = row.seq;
-                    self.queue.push_back(encode_row(row));
+                for frame in frames {
+                    self.last = frame.seq;
+                    self.queue.push_back(frame);
                 }
                 continue;
             }

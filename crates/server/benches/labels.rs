@@ -107,38 +107,45 @@ async fn run() {
     .unwrap();
     let store = Store::open(&dir).await.unwrap();
     let label_store: Arc<dyn LabelStore> = Arc::new(SqliteLabelStore::new(&store).await.unwrap());
-    let hub = LabelHub::new(
-        label_store,
-        Arc::new(LabelerMetrics::default()),
-        HubConfig {
-            max_subscribers: subscribers + 10,
-            ..HubConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    let key = LabelerKey::new(SigningKey::generate(Curve::K256));
     let (stop, stop_rx) = watch::channel(false);
-    tokio::spawn(hub.clone().run(stop_rx.clone()));
-    let state = AppState {
-        metrics: Arc::new(Metrics::new(1)),
-        rules: Arc::new(RulesSlot::new(
-            skywarden_rules::Ruleset::load_dir(&rules_dir).unwrap(),
-            RulesOrigin::Fixed,
-        )),
-        readiness: Arc::new(Mutex::new(Readiness::Ready)),
-        labeler: Some(LabelerApi {
-            hub: hub.clone(),
-            did_document: None,
-        }),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut s = stop_rx;
-    tokio::spawn(skywarden_server::serve(listener, state, async move {
-        let _ = s.wait_for(|v| *v).await;
-    }));
-    let url = |cursor: Option<usize>| match cursor {
+    // Two servers over the same store: replay pages cached (the default), and not.
+    let mut servers = Vec::new();
+    for cached_pages in [HubConfig::default().cached_pages, 0] {
+        let hub = LabelHub::new(
+            label_store.clone(),
+            Arc::new(LabelerMetrics::default()),
+            HubConfig {
+                max_subscribers: subscribers + 10,
+                cached_pages,
+                ..HubConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        tokio::spawn(hub.clone().run(stop_rx.clone()));
+        let state = AppState {
+            metrics: Arc::new(Metrics::new(1)),
+            rules: Arc::new(RulesSlot::new(
+                skywarden_rules::Ruleset::load_dir(&rules_dir).unwrap(),
+                RulesOrigin::Fixed,
+            )),
+            readiness: Arc::new(Mutex::new(Readiness::Ready)),
+            labeler: Some(LabelerApi {
+                hub: hub.clone(),
+                did_document: None,
+            }),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut s = stop_rx.clone();
+        tokio::spawn(skywarden_server::serve(listener, state, async move {
+            let _ = s.wait_for(|v| *v).await;
+        }));
+        servers.push((addr, hub, cached_pages));
+    }
+    let key = LabelerKey::new(SigningKey::generate(Curve::K256));
+    let (addr, hub, _) = servers[0].clone();
+    let url = move |addr: std::net::SocketAddr, cursor: Option<usize>| match cursor {
         Some(c) => format!("ws://{addr}/xrpc/com.atproto.label.subscribeLabels?cursor={c}"),
         None => format!("ws://{addr}/xrpc/com.atproto.label.subscribeLabels"),
     };
@@ -150,6 +157,9 @@ async fn run() {
 
     // Replay to one subscriber, and what its parts cost alone.
     write(&hub, &key, 0, replay_n).await;
+    for (_, h, _) in &servers {
+        h.publish_pending().await.unwrap();
+    }
     let started = Instant::now();
     let (mut after, mut rows) = (0, Vec::new());
     loop {
@@ -172,7 +182,7 @@ async fn run() {
     );
     drop(rows);
     let started = Instant::now();
-    let bytes = read(url(Some(0)), replay_n).await;
+    let bytes = read(url(addr, Some(0)), replay_n).await;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "replay, 1 subscriber: {replay_n} labels in {secs:.2} s = {:.0} labels/s, {:.1} MB/s ({} B/frame)",
@@ -181,25 +191,28 @@ async fn run() {
         bytes / replay_n.max(1)
     );
 
-    // Replay to many subscribers: the last `fanout_n` labels each.
+    // Replay to many subscribers: the last `fanout_n` labels each, with and without the
+    // shared page cache.
     let cursor = replay_n - fanout_n.min(replay_n);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..subscribers)
-        .map(|_| tokio::spawn(read(url(Some(cursor)), fanout_n)))
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let secs = started.elapsed().as_secs_f64();
     let total = subscribers * fanout_n;
-    println!(
-        "replay, {subscribers} subscribers x {fanout_n} labels: {total} frames in {secs:.2} s = {:.0} labels/s aggregate",
-        total as f64 / secs
-    );
+    for (addr, _, cached_pages) in &servers {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..subscribers)
+            .map(|_| tokio::spawn(read(url(*addr, Some(cursor)), fanout_n)))
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "replay, {subscribers} subscribers x {fanout_n} labels, {cached_pages} cached pages: {total} frames in {secs:.2} s = {:.0} labels/s aggregate",
+            total as f64 / secs
+        );
+    }
 
     // Live fan-out: subscribers connected first, then the labels are written.
     let tasks: Vec<_> = (0..subscribers)
-        .map(|_| tokio::spawn(read(url(None), fanout_n)))
+        .map(|_| tokio::spawn(read(url(addr, None), fanout_n)))
         .collect();
     while hub.subscriber_count() < subscribers {
         tokio::time::sleep(Duration::from_millis(10)).await;
