@@ -130,7 +130,7 @@ enum Command {
     ///   skywarden serve --archive testdata/firehose/pds-recording.skwa --rules rules/
     ///   skywarden serve --config /etc/skywarden/skywarden.toml
     #[command(verbatim_doc_comment)]
-    Serve(serve_cmd::ServeArgs),
+    Serve(Box<serve_cmd::ServeArgs>),
     /// The labeler's signing key.
     ///
     /// Examples:
@@ -228,7 +228,7 @@ fn main() -> ExitCode {
     // `serve` logs at info (one line per action), in JSON unless told otherwise; the tools log
     // warnings as text.
     let serve_settings = match &mut cli.command {
-        Command::Serve(args) => match std::mem::take(args).settings() {
+        Command::Serve(args) => match std::mem::take(args.as_mut()).settings() {
             Ok(settings) => Some(settings),
             Err(message) => {
                 eprintln!("error: {message}");
