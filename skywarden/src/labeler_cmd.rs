@@ -132,10 +132,11 @@ pub fn open_key(settings: &LabelerSettings, data_dir: &Path) -> Result<LabelerKe
     Ok(key)
 }
 
-/// The label store the settings name.
+/// The label store the settings name. The SQLite one gets connections of its own, so that
+/// public readers (subscribers, queries) never hold the engine's.
 pub async fn open_label_store(
     settings: &LabelerSettings,
-    store: &Store,
+    data_dir: &Path,
 ) -> Result<Arc<dyn LabelStore>, String> {
     Ok(match &settings.postgres_url {
         Some(url) => Arc::new(
@@ -144,7 +145,7 @@ pub async fn open_label_store(
                 .map_err(|e| e.to_string())?,
         ),
         None => Arc::new(
-            SqliteLabelStore::new(store)
+            SqliteLabelStore::open(data_dir, 4)
                 .await
                 .map_err(|e| e.to_string())?,
         ),
@@ -177,7 +178,7 @@ pub async fn start(
     shutdown: watch::Receiver<bool>,
 ) -> Result<RunningLabeler, String> {
     let key = Arc::new(open_key(settings, data_dir)?);
-    let labels = open_label_store(settings, store).await?;
+    let labels = open_label_store(settings, data_dir).await?;
     let hub = LabelHub::new(
         labels,
         Arc::new(LabelerMetrics::default()),

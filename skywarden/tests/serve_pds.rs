@@ -261,6 +261,65 @@ async fn serve_on_a_real_pds_logs_explained_effects_for_abuse_and_none_for_ordin
         .expect("serve exits after SIGTERM")
         .unwrap();
     assert!(status.success(), "serve exit status {status}");
+
+    // `labeler declare` publishes the service record to the labeler account's PDS, which
+    // checks it against its lexicon.
+    let config = work.join("labeler.toml");
+    std::fs::write(
+        &config,
+        r#"
+[labeler]
+subject_types = ["account", "record"]
+reason_types = ["com.atproto.moderation.defs#reasonSpam"]
+[[labeler.label]]
+identifier = "spam"
+severity = "inform"
+blurs = "none"
+default_setting = "warn"
+[[labeler.label.locale]]
+lang = "en"
+name = "Spam"
+description = "Unwanted, repeated promotion."
+"#,
+    )
+    .unwrap();
+    let declared = Command::new(env!("CARGO_BIN_EXE_skywarden"))
+        .args(["labeler", "declare", "--config"])
+        .arg(&config)
+        .args(["--pds", &pds, "--identifier", "hank.test"])
+        .env("SKYWARDEN_PDS_PASSWORD", "hank-password")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        declared.status.success(),
+        "labeler declare: {}",
+        String::from_utf8_lossy(&declared.stderr)
+    );
+    let uri = String::from_utf8_lossy(&declared.stdout).trim().to_string();
+    assert_eq!(uri, format!("at://{hank}/app.bsky.labeler.service/self"));
+    let pds_port: u16 = pds
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let (status, record) = http_get(
+        pds_port,
+        &format!("/xrpc/com.atproto.repo.getRecord?repo={hank}&collection=app.bsky.labeler.service&rkey=self"),
+    )
+    .await;
+    assert_eq!(status, 200, "{record}");
+    let record: Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(
+        record["value"]["policies"]["labelValues"][0], "spam",
+        "{record}"
+    );
+    assert_eq!(
+        record["value"]["policies"]["labelValueDefinitions"][0]["locales"][0]["name"],
+        "Spam"
+    );
     stdin.write_all(b"exit\n").await.unwrap();
 
     let store = Store::open(&data).await.unwrap();

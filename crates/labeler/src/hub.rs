@@ -72,20 +72,22 @@ pub struct LiveFrame {
     pub bytes: Bytes,
 }
 
-/// Encodes a stored label as a `#labels` frame.
-pub fn encode_row(row: &LabelRow) -> LiveFrame {
+/// Encodes a stored label as a `#labels` frame. `None` only for a label the encoder refuses
+/// (stored labels were validated before they were signed, so this is logged as a bug).
+pub fn encode_row(row: &LabelRow) -> Option<LiveFrame> {
     let message = LabelsMessage {
         seq: row.seq,
         labels: vec![stored_to_label(&row.label)],
     };
-    let bytes = encode_message("#labels", &message).unwrap_or_else(|e| {
-        // Stored labels were validated before they were signed; this cannot fail on them.
-        tracing::error!(seq = row.seq, error = %e, "label frame did not encode");
-        Vec::new()
-    });
-    LiveFrame {
-        seq: row.seq,
-        bytes: Bytes::from(bytes),
+    match encode_message("#labels", &message) {
+        Ok(bytes) => Some(LiveFrame {
+            seq: row.seq,
+            bytes: Bytes::from(bytes),
+        }),
+        Err(e) => {
+            tracing::error!(seq = row.seq, error = %e, "label frame did not encode; skipped");
+            None
+        }
     }
 }
 
@@ -144,6 +146,7 @@ struct PageCache {
 pub struct LabelHub {
     store: Arc<dyn LabelStore>,
     pages: std::sync::Mutex<PageCache>,
+    filling: tokio::sync::Mutex<()>,
     live: broadcast::Sender<LiveFrame>,
     published: AtomicI64,
     wake: Notify,
@@ -165,6 +168,7 @@ impl LabelHub {
         Ok(Arc::new(LabelHub {
             store,
             pages: std::sync::Mutex::new(PageCache::default()),
+            filling: tokio::sync::Mutex::new(()),
             live,
             published: AtomicI64::new(head),
             wake: Notify::new(),
@@ -214,14 +218,26 @@ impl LabelHub {
             // The head of the stream (or no cache): one page of whatever follows `after`.
             let rows = self.store.after(after, size as u32).await?;
             let done = (rows.len() as i64) < size;
-            return Ok((rows.iter().map(encode_row).collect(), done));
+            return Ok((rows.iter().filter_map(encode_row).collect(), done));
         }
-        let cached = self
-            .pages
-            .lock()
-            .ok()
-            .and_then(|c| c.pages.get(&page).cloned());
-        let frames = match cached {
+        let cached = || {
+            self.pages
+                .lock()
+                .ok()
+                .and_then(|c| c.pages.get(&page).cloned())
+        };
+        // One fill at a time: subscribers missing the same page (a reconnect storm) wait for
+        // the first one's read instead of all reading the store.
+        let mut cached_page = cached();
+        let _fill = match cached_page {
+            Some(_) => None,
+            None => {
+                let guard = self.filling.lock().await;
+                cached_page = cached();
+                Some(guard)
+            }
+        };
+        let frames = match cached_page {
             Some(frames) => frames,
             None => {
                 // At most `size` rows have a seq in (page·size, hi]; any more are past hi.
@@ -229,7 +245,7 @@ impl LabelHub {
                 let frames: Arc<Vec<LiveFrame>> = Arc::new(
                     rows.iter()
                         .filter(|r| r.seq <= hi)
-                        .map(encode_row)
+                        .filter_map(encode_row)
                         .collect(),
                 );
                 if let Ok(mut cache) = self.pages.lock() {
@@ -257,8 +273,10 @@ impl LabelHub {
             let after = self.published();
             let rows = self.store.after(after, self.config.replay_page).await?;
             for row in &rows {
-                // No receivers is fine: nobody is live.
-                let _ = self.live.send(encode_row(row));
+                if let Some(frame) = encode_row(row) {
+                    // No receivers is fine: nobody is live.
+                    let _ = self.live.send(frame);
+                }
                 self.published.store(row.seq, Ordering::Release);
             }
             if let Some(last) = rows.last() {

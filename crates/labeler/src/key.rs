@@ -138,8 +138,14 @@ impl LabelerKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = SigningKey::generate(curve);
                 let text = format!("{}:{}\n", curve_name(curve), encode_hex(&key.to_bytes()));
-                write_private(&path, text.as_bytes()).map_err(io)?;
-                Ok((LabelerKey::new(key), KeyOrigin::Generated(path)))
+                match write_private(&path, text.as_bytes()) {
+                    Ok(()) => Ok((LabelerKey::new(key), KeyOrigin::Generated(path))),
+                    // Another process made the key first: use theirs.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Self::load_or_generate(dir, curve)
+                    }
+                    Err(e) => Err(io(e)),
+                }
             }
             Err(e) => Err(io(e)),
         }
@@ -172,17 +178,26 @@ impl LabelerKey {
     }
 }
 
+/// Writes a new private file atomically: a temporary file (mode 0600, synced) linked into
+/// place, so a crash never leaves a partial key, and of two processes starting at once one
+/// wins and the other finds the file already there.
 #[cfg(unix)]
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)?;
+        .open(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()
+    f.sync_all()?;
+    drop(f);
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    linked
 }
 
 #[cfg(not(unix))]

@@ -5,7 +5,11 @@
 //! appended under its effect's idempotency key, so a crash between appending and moving the
 //! cursor appends nothing twice. A takedown becomes the `!takedown` label, as Ozone emits it.
 //! The label's `cts` is the time the effect was logged, so re-running the sink produces the
-//! same label; an expiring label's `exp` is `cts` plus the rule's duration.
+//! same label; an expiring label's `exp` is `cts` plus the rule's duration. A negation
+//! replaces every current version of the value on its subject: the engine negates a value on
+//! a record whatever version carried it (a delete has no CID, an edit a new one), so the sink
+//! emits one negation per CID that currently has the label, keyed by the effect and the CID,
+//! and none when no version has it.
 
 use crate::hub::LabelHub;
 use crate::key::LabelerKey;
@@ -184,6 +188,28 @@ pub async fn pass(
     let mut labels = Vec::new();
     for row in &rows {
         match label_for_effect(row, &config.labeler_did) {
+            Ok(Some(label)) if label.neg => {
+                // The engine negates a value on a subject, whatever record version carried it
+                // (a delete has no CID; an edit a new one): negate each current version.
+                let current = hub
+                    .store()
+                    .current(&label.src, &label.uri, &label.val)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // Nothing current: nothing to negate (and a re-run of this pass emits nothing
+                // again, keeping it idempotent).
+                for cid in current.into_iter().map(|r| r.label.cid) {
+                    let idempotency_key = match &cid {
+                        Some(c) => format!("{}:{c}", row.effect.idempotency_key),
+                        None => row.effect.idempotency_key.clone(),
+                    };
+                    let negation = Label {
+                        cid,
+                        ..label.clone()
+                    };
+                    labels.push(signed(key, negation, Some(idempotency_key))?);
+                }
+            }
             Ok(Some(label)) => labels.push(signed(
                 key,
                 label,

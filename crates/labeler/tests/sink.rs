@@ -104,6 +104,7 @@ async fn effects_become_signed_labels_once_and_rotation_resigns_history() {
                 "subject": { "did": "did:plc:author" },
             }),
         ),
+        // Negated when the post was deleted: no CID, yet it must replace the label on `cid`.
         effect(
             "e6",
             "negate_label",
@@ -111,7 +112,7 @@ async fn effects_become_signed_labels_once_and_rotation_resigns_history() {
             "applied",
             serde_json::json!({
                 "action": { "label": "spam", "negate": true },
-                "subject": { "uri": post, "cid": cid },
+                "subject": { "uri": post, "cid": null },
             }),
         ),
         effect(

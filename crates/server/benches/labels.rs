@@ -172,7 +172,8 @@ async fn run() {
     let started = Instant::now();
     let encoded: usize = rows
         .iter()
-        .map(|r| skywarden_labeler::hub::encode_row(r).bytes.len())
+        .filter_map(skywarden_labeler::hub::encode_row)
+        .map(|f| f.bytes.len())
         .sum();
     let encode_secs = started.elapsed().as_secs_f64();
     println!(

@@ -25,8 +25,8 @@ pub struct LabelerApi {
     pub did_document: Option<serde_json::Value>,
 }
 
-/// `uriPatterns` per request at most.
-pub const MAX_PATTERNS: usize = 200;
+/// `uriPatterns` per request at most (each is one index range read).
+pub const MAX_PATTERNS: usize = 50;
 /// Length of one pattern or source at most.
 const MAX_PARAM_BYTES: usize = 4096;
 
@@ -60,6 +60,9 @@ pub async fn query_labels(State(state): State<AppState>, RawQuery(query): RawQue
     for (key, value) in params(query.as_deref()) {
         if value.len() > MAX_PARAM_BYTES {
             return invalid(format!("{key}: longer than {MAX_PARAM_BYTES} bytes"));
+        }
+        if value.chars().any(char::is_control) {
+            return invalid(format!("{key}: control characters are not allowed"));
         }
         match key.as_str() {
             "uriPatterns" => match UriPattern::parse(&value) {
@@ -177,36 +180,44 @@ async fn stream(socket: WebSocket, hub: Arc<LabelHub>, cursor: Option<i64>) {
             return;
         }
     };
-    loop {
-        tokio::select! {
-            next = sub.next() => {
-                let (frame, last) = match next {
-                    Next::Frame(f) => (f, false),
-                    Next::Close(f) => (f, true),
-                    Next::End => break,
-                };
-                match tokio::time::timeout(timeout, tx.send(Message::Binary(frame))).await {
-                    Ok(Ok(())) => {
-                        metrics.frames_sent.inc();
-                    }
-                    Ok(Err(_)) => return,
-                    Err(_) => {
-                        // The socket did not take a frame in time: a stalled reader.
-                        metrics.slow_consumers.inc();
-                        return;
-                    }
-                }
-                if last {
-                    break;
-                }
-            }
-            incoming = rx.next() => match incoming {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => {}
+    // The client's messages are read (and dropped) by their own task, so that they never
+    // interrupt a store read in progress; only the end of the connection stops the stream.
+    let (closed_tx, mut closed) = tokio::sync::oneshot::channel::<()>();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(msg)) = rx.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
             }
         }
+        let _ = closed_tx.send(());
+    });
+    loop {
+        let next = tokio::select! {
+            next = sub.next() => next,
+            _ = &mut closed => break,
+        };
+        let (frame, last) = match next {
+            Next::Frame(f) => (f, false),
+            Next::Close(f) => (f, true),
+            Next::End => break,
+        };
+        match tokio::time::timeout(timeout, tx.send(Message::Binary(frame))).await {
+            Ok(Ok(())) => {
+                metrics.frames_sent.inc();
+            }
+            Ok(Err(_)) => break,
+            Err(_) => {
+                // The socket did not take a frame in time: a stalled reader.
+                metrics.slow_consumers.inc();
+                break;
+            }
+        }
+        if last {
+            let _ = tokio::time::timeout(timeout, tx.close()).await;
+            break;
+        }
     }
-    let _ = tokio::time::timeout(timeout, tx.close()).await;
+    reader.abort();
 }
 
 /// `GET /.well-known/did.json`.

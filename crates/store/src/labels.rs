@@ -218,6 +218,14 @@ pub trait LabelStore: Send + Sync + std::fmt::Debug {
     fn compact(&self, through: i64) -> StoreFuture<'_, u64>;
     /// Current, non-negated, unexpired labels matching the query.
     fn query<'a>(&'a self, query: &'a LabelQuery) -> StoreFuture<'a, LabelPage>;
+    /// The current, non-negated labels `src` has put on `uri` with value `val`, any `cid`
+    /// (what a negation of that value must replace).
+    fn current<'a>(
+        &'a self,
+        src: &'a str,
+        uri: &'a str,
+        val: &'a str,
+    ) -> StoreFuture<'a, Vec<LabelRow>>;
     /// Up to `limit` rows with `seq > after` not signed by `signing_key`, in `seq` order.
     fn signed_by_other<'a>(
         &'a self,
@@ -245,12 +253,14 @@ CREATE TABLE IF NOT EXISTS labels (
     exp_micros INTEGER,
     sig BLOB NOT NULL,
     signing_key TEXT NOT NULL,
-    idempotency_key TEXT UNIQUE,
     current BOOLEAN NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS labels_current ON labels (src, uri, cid, val) WHERE current;
 CREATE INDEX IF NOT EXISTS labels_view ON labels (uri, seq) WHERE current AND NOT neg;
 CREATE INDEX IF NOT EXISTS labels_signing_key ON labels (signing_key, seq);
+CREATE TABLE IF NOT EXISTS label_keys (
+    idempotency_key TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS label_meta (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -272,12 +282,14 @@ CREATE TABLE IF NOT EXISTS labels (
     exp_micros BIGINT,
     sig BYTEA NOT NULL,
     signing_key TEXT NOT NULL,
-    idempotency_key TEXT UNIQUE,
     current BOOLEAN NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS labels_current ON labels (src, uri, cid, val) WHERE current;
 CREATE INDEX IF NOT EXISTS labels_view ON labels (uri, seq) WHERE current AND NOT neg;
 CREATE INDEX IF NOT EXISTS labels_signing_key ON labels (signing_key, seq);
+CREATE TABLE IF NOT EXISTS label_keys (
+    idempotency_key TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS label_meta (
     name TEXT PRIMARY KEY,
     value BIGINT NOT NULL
@@ -318,14 +330,18 @@ fn range_sql(table: &str, has_hi: bool, has_after: bool, sources: usize) -> Stri
 /// Implements [`LabelStore`] for a pool type; the two backends differ only in their schema
 /// and in how writers are serialised.
 macro_rules! label_store {
-    ($store:ident, $db:ty, $serialise:expr, $query_table:expr) => {
+    ($store:ident, $db:ty, $begin:expr, $serialise:expr, $query_table:expr) => {
         impl LabelStore for $store {
             fn append<'a>(
                 &'a self,
                 labels: &'a [NewLabel],
             ) -> StoreFuture<'a, Vec<Option<i64>>> {
                 Box::pin(async move {
-                    let mut tx = self.pool.begin().await.map_err(err("starting a transaction"))?;
+                    let mut tx = match $begin {
+                        Some(begin) => self.pool.begin_with(begin).await,
+                        None => self.pool.begin().await,
+                    }
+                    .map_err(err("starting a transaction"))?;
                     if let Some(sql) = $serialise {
                         sqlx::query(sql)
                             .execute(&mut *tx)
@@ -334,13 +350,18 @@ macro_rules! label_store {
                     }
                     let mut out = Vec::with_capacity(labels.len());
                     for new in labels {
+                        // Keys outlive compaction: they have their own table.
                         if let Some(key) = &new.idempotency_key {
-                            let seen = sqlx::query("SELECT 1 FROM labels WHERE idempotency_key = $1")
-                                .bind(key)
-                                .fetch_optional(&mut *tx)
-                                .await
-                                .map_err(err("reading labels"))?;
-                            if seen.is_some() {
+                            let fresh = sqlx::query(
+                                "INSERT INTO label_keys (idempotency_key) VALUES ($1) \
+                                 ON CONFLICT DO NOTHING",
+                            )
+                            .bind(key)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(err("recording a label key"))?
+                            .rows_affected();
+                            if fresh == 0 {
                                 out.push(None);
                                 continue;
                             }
@@ -360,8 +381,8 @@ macro_rules! label_store {
                         .map_err(err("replacing a label"))?;
                         let seq: i64 = sqlx::query(
                             "INSERT INTO labels (ver, src, uri, cid, val, neg, cts, exp, \
-                             exp_micros, sig, signing_key, idempotency_key, current) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, TRUE) \
+                             exp_micros, sig, signing_key, current) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, TRUE) \
                              RETURNING seq",
                         )
                         .bind(l.ver)
@@ -375,7 +396,6 @@ macro_rules! label_store {
                         .bind(l.exp_micros)
                         .bind(&l.sig)
                         .bind(&l.signing_key)
-                        .bind(&new.idempotency_key)
                         .fetch_one(&mut *tx)
                         .await
                         .map_err(err("appending a label"))?
@@ -422,7 +442,11 @@ macro_rules! label_store {
 
             fn compact(&self, through: i64) -> StoreFuture<'_, u64> {
                 Box::pin(async move {
-                    let mut tx = self.pool.begin().await.map_err(err("starting a transaction"))?;
+                    let mut tx = match $begin {
+                        Some(begin) => self.pool.begin_with(begin).await,
+                        None => self.pool.begin().await,
+                    }
+                    .map_err(err("starting a transaction"))?;
                     let deleted = sqlx::query("DELETE FROM labels WHERE NOT current AND seq <= $1")
                         .bind(through)
                         .execute(&mut *tx)
@@ -483,6 +507,28 @@ macro_rules! label_store {
                 })
             }
 
+            fn current<'a>(
+                &'a self,
+                src: &'a str,
+                uri: &'a str,
+                val: &'a str,
+            ) -> StoreFuture<'a, Vec<LabelRow>> {
+                Box::pin(async move {
+                    let sql = format!(
+                        "SELECT {COLUMNS} FROM labels WHERE src = $1 AND uri = $2 AND val = $3 \
+                         AND current AND NOT neg ORDER BY seq"
+                    );
+                    let rows = sqlx::query(&sql)
+                        .bind(src)
+                        .bind(uri)
+                        .bind(val)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(err("reading current labels"))?;
+                    Ok(rows.iter().map(label_row).collect())
+                })
+            }
+
             fn signed_by_other<'a>(
                 &'a self,
                 signing_key: &'a str,
@@ -507,7 +553,11 @@ macro_rules! label_store {
 
             fn resign<'a>(&'a self, updates: &'a [Resign]) -> StoreFuture<'a, ()> {
                 Box::pin(async move {
-                    let mut tx = self.pool.begin().await.map_err(err("starting a transaction"))?;
+                    let mut tx = match $begin {
+                        Some(begin) => self.pool.begin_with(begin).await,
+                        None => self.pool.begin().await,
+                    }
+                    .map_err(err("starting a transaction"))?;
                     for u in updates {
                         sqlx::query("UPDATE labels SET sig = $1, signing_key = $2 WHERE seq = $3")
                             .bind(&u.sig)
@@ -552,9 +602,19 @@ pub struct SqliteLabelStore {
 }
 
 impl SqliteLabelStore {
-    /// The label store in `store`'s database (created if missing).
+    /// The label store in `store`'s database (created if missing), sharing its connections.
     pub async fn new(store: &crate::Store) -> Result<SqliteLabelStore> {
-        let pool = store.pool.clone();
+        Self::with_pool(store.pool.clone()).await
+    }
+
+    /// The label store in `dir`'s `skywarden.db` with connections of its own, so that
+    /// subscribers and queries never wait for the engine's connections (nor the engine for
+    /// theirs). Writers still take turns on the database's write lock.
+    pub async fn open(dir: &std::path::Path, connections: u32) -> Result<SqliteLabelStore> {
+        Self::with_pool(crate::open_pool(dir, connections).await?).await
+    }
+
+    async fn with_pool(pool: sqlx::SqlitePool) -> Result<SqliteLabelStore> {
         sqlx::raw_sql(SQLITE_SCHEMA)
             .execute(&pool)
             .await
@@ -571,6 +631,7 @@ mod sqlite_impl {
     label_store!(
         SqliteLabelStore,
         sqlx::Sqlite,
+        Some("BEGIN IMMEDIATE"),
         None::<&str>,
         SQLITE_QUERY_TABLE
     );
@@ -635,14 +696,16 @@ impl PgLabelStore {
     }
 }
 
-/// `url` without its password, for messages.
+/// `url` without its password or query (which may hold one), for messages.
 fn redact(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.set_query(None);
             u.to_string()
         }
-        Ok(u) => u.to_string(),
         Err(_) => "the configured postgres url".into(),
     }
 }
@@ -652,6 +715,7 @@ mod pg_impl {
     label_store!(
         PgLabelStore,
         sqlx::Postgres,
+        None::<&str>,
         Some(LABEL_WRITE_LOCK),
         "labels"
     );

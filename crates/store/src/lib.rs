@@ -93,6 +93,25 @@ CREATE TABLE IF NOT EXISTS sink_cursors (
 );
 "#;
 
+/// A pool on `dir`'s `skywarden.db`: WAL, `synchronous=NORMAL`, 10 s busy timeout.
+pub(crate) async fn open_pool(dir: &Path, connections: u32) -> Result<SqlitePool> {
+    let path = dir.join("skywarden.db");
+    let options = SqliteConnectOptions::from_str("sqlite:")
+        .map_err(err("sqlite options"))?
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // With WAL, NORMAL survives a process crash (SIGKILL); a power cut may roll back the
+        // last transactions, but effects, state and checkpoints roll back together.
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10));
+    SqlitePoolOptions::new()
+        .max_connections(connections)
+        .connect_with(options)
+        .await
+        .map_err(err(format!("opening {}", path.display())))
+}
+
 /// The store: a pool of SQLite connections.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -140,22 +159,7 @@ pub struct EffectRow {
 impl Store {
     /// Opens (creating if needed) `skywarden.db` in `dir`, which must exist.
     pub async fn open(dir: &Path) -> Result<Store> {
-        let path = dir.join("skywarden.db");
-        let options = SqliteConnectOptions::from_str("sqlite:")
-            .map_err(err("sqlite options"))?
-            .filename(&path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // With WAL, NORMAL survives a process crash (SIGKILL); a power cut may roll back the
-            // last transactions, but effects, state and checkpoints roll back together.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(err(format!("opening {}", path.display())))?;
-        Self::with_pool(pool).await
+        Self::with_pool(open_pool(dir, 4).await?).await
     }
 
     /// An in-memory store (tests): one connection, gone when dropped.
@@ -179,11 +183,13 @@ impl Store {
         Ok(Store { pool })
     }
 
-    /// Starts a write transaction.
+    /// Starts a write transaction. It takes the write lock at once (`BEGIN IMMEDIATE`),
+    /// waiting up to the busy timeout for other writers: a transaction that read first and
+    /// wrote later could otherwise fail at once when another connection wrote in between.
     pub async fn begin(&self) -> Result<Tx> {
         let tx = self
             .pool
-            .begin()
+            .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(err("starting a transaction"))?;
         Ok(Tx { tx })

@@ -202,6 +202,26 @@ async fn negation_replaces_the_current_label(store: Arc<dyn LabelStore>) {
     let page = store.query(&query(&["at://did:plc:a/*"])).await.unwrap();
     assert_eq!(page.labels.len(), 1);
     assert_eq!(page.labels[0].label.cid.as_deref(), Some("bafyreib"));
+    // Labels on two versions of a record are both current; `current` finds them by value.
+    let mut other_version = with_cid.clone();
+    other_version.cid = Some("bafyreic".into());
+    store.append(&[new(other_version, None)]).await.unwrap();
+    let current = store
+        .current("did:plc:labeler", &with_cid.uri, "spam")
+        .await
+        .unwrap();
+    let cids: Vec<_> = current
+        .iter()
+        .map(|r| r.label.cid.clone().unwrap())
+        .collect();
+    assert_eq!(cids, ["bafyreib", "bafyreic"]);
+    assert!(
+        store
+            .current("did:plc:labeler", &with_cid.uri, "rude")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 both!(negation_replaces_the_current_label);
 
@@ -306,6 +326,21 @@ async fn compaction_removes_only_replaced_rows(store: Arc<dyn LabelStore>) {
         head,
         "the mark never moves back"
     );
+    // Idempotency keys outlive compaction.
+    store
+        .append(&[new(label("did:plc:k", "spam", false), Some("kept"))])
+        .await
+        .unwrap();
+    store
+        .append(&[new(label("did:plc:k", "spam", true), None)])
+        .await
+        .unwrap();
+    store.compact(store.head().await.unwrap()).await.unwrap();
+    let again = store
+        .append(&[new(label("did:plc:k", "spam", false), Some("kept"))])
+        .await
+        .unwrap();
+    assert_eq!(again, [None]);
 }
 both!(compaction_removes_only_replaced_rows);
 
