@@ -487,9 +487,12 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     if labeler.is_some() {
         cursors.push(skywarden_labeler::sink::CURSOR.into());
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // Each sink may take as long as it keeps moving; one that makes no progress for 10 s is
+    // left behind (it resumes from its cursor at the next start).
     for name in &cursors {
-        while tokio::time::Instant::now() < deadline {
+        let mut last = -1;
+        let mut stalled_since = tokio::time::Instant::now();
+        loop {
             let at = store.sink_cursor(name).await.unwrap_or(0);
             let caught_up = store
                 .effects_after(at, 1)
@@ -497,6 +500,13 @@ pub async fn run(settings: Settings) -> Result<(), String> {
                 .map(|r| r.is_empty())
                 .unwrap_or(true);
             if caught_up {
+                break;
+            }
+            if at != last {
+                last = at;
+                stalled_since = tokio::time::Instant::now();
+            } else if stalled_since.elapsed() > Duration::from_secs(10) {
+                tracing::warn!(sink = %name, cursor = at, "sink made no progress for 10 s; stopping it, it resumes from its cursor at the next start");
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
