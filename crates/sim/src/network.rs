@@ -1,0 +1,832 @@
+//! The simulated network: accounts with their own keys and repos, a realistic mix of activity
+//! with Zipf-distributed account activity, injected abuse scenarios with ground truth, and the
+//! `subscribeRepos` frames a PDS would emit for all of it. Deterministic from the seed.
+
+use crate::repo::{Change, CommitOutput, Repo};
+use cid::Cid;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use skywarden_atproto::crypto::{Curve, PublicKey, SigningKey};
+use skywarden_atproto::data::{Ipld, json_to_ipld};
+use skywarden_atproto::frame::encode_message;
+use skywarden_atproto::syntax::Datetime;
+use skywarden_ingest::synth::{Rng, tid};
+use std::collections::VecDeque;
+
+/// The DID the default ruleset lists as a protected account (`rules/lists/protected-dids.txt`):
+/// the harassment scenario targets it.
+pub const PROTECTED_DID: &str = "did:plc:protectedtarget00000001";
+
+/// The abuse scenarios, each with its accounts recorded in the ground truth.
+pub const SCENARIOS: [&str; 7] = [
+    "reply-ring",
+    "copy-paste",
+    "follow-churn",
+    "link-spam",
+    "harassment",
+    "impersonation",
+    "slur-evasion",
+];
+
+/// How to simulate.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Seed: the same seed gives the same frames.
+    pub seed: u64,
+    /// Ordinary accounts (abusive ones are added: one per 50).
+    pub accounts: usize,
+    /// Simulated time of the first event (µs since the epoch).
+    pub start_micros: i64,
+    /// Simulated time between events (µs).
+    pub step_micros: i64,
+    /// Inject abuse scenarios.
+    pub abuse: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            seed: 1,
+            accounts: 1000,
+            start_micros: 1_767_225_600_000_000, // 2026-01-01T00:00:00Z
+            step_micros: 1_000,
+            abuse: true,
+        }
+    }
+}
+
+/// One ground-truth entry: an account acting out a scenario, from its first abusive frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Truth {
+    /// The scenario (one of [`SCENARIOS`]).
+    pub scenario: &'static str,
+    /// The abusive account.
+    pub did: String,
+    /// The `seq` of its first abusive frame.
+    #[serde(rename = "firstSeq")]
+    pub first_seq: i64,
+    /// Its simulated time (µs).
+    #[serde(rename = "firstTime")]
+    pub first_time: i64,
+}
+
+/// One frame of the simulated firehose.
+#[derive(Debug, Clone)]
+pub struct SimFrame {
+    /// Its `seq`.
+    pub seq: i64,
+    /// The encoded frame (header + body), as a PDS sends it.
+    pub bytes: Vec<u8>,
+    /// Simulated time (µs).
+    pub time_micros: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Ordinary,
+    Protected,
+    Abusive(usize),
+}
+
+struct Account {
+    did: String,
+    handle: String,
+    key: SigningKey,
+    repo: Repo,
+    clock: u64,
+    created: Option<i64>,
+    role: Role,
+    /// Scenario step counter (follow/unfollow alternation, one-off acts).
+    acts: u64,
+    /// The rkey of the last follow, for churn.
+    last_follow: Option<String>,
+}
+
+/// The network.
+pub struct Network {
+    config: SimConfig,
+    accounts: Vec<Account>,
+    abusive: Vec<usize>,
+    rng: Rng,
+    seq: i64,
+    time: i64,
+    pending: VecDeque<SimFrame>,
+    truth: Vec<Truth>,
+    /// A post of the protected account, once it has one (harassment replies to it).
+    protected_post: Option<(String, Cid)>,
+}
+
+fn digest(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+        h.update([0]);
+    }
+    h.finalize().into()
+}
+
+const B32: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+fn plc_id(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .take(24)
+        .map(|b| B32[(*b & 31) as usize] as char)
+        .collect()
+}
+
+const SYLLABLES: [&str; 32] = [
+    "ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ba", "de", "fi", "go", "hu", "ja", "ke", "li",
+    "mo", "nu", "pa", "re", "si", "to", "un", "ve", "wa", "xi", "yo", "ze", "an", "el", "or", "is",
+];
+
+fn words(rng: &mut Rng, n: usize) -> String {
+    let mut out = String::new();
+    for i in 0..n {
+        if i > 0 {
+            out.push(' ');
+        }
+        for _ in 0..2 + rng.below(3) {
+            out.push_str(SYLLABLES[rng.below(SYLLABLES.len() as u64) as usize]);
+        }
+    }
+    out
+}
+
+fn datetime(micros: i64) -> String {
+    Datetime::from_timestamp_micros(micros)
+        .map(|d| d.as_str().to_string())
+        .unwrap_or_else(|_| "2026-01-01T00:00:00.000Z".into())
+}
+
+#[derive(Serialize)]
+struct CommitBody<'a> {
+    seq: i64,
+    rebase: bool,
+    #[serde(rename = "tooBig")]
+    too_big: bool,
+    repo: &'a str,
+    commit: Cid,
+    rev: &'a str,
+    since: Option<&'a str>,
+    #[serde(with = "serde_bytes")]
+    blocks: &'a [u8],
+    ops: &'a [crate::repo::FrameOp],
+    blobs: &'a [Cid],
+    #[serde(rename = "prevData", skip_serializing_if = "Option::is_none")]
+    prev_data: Option<Cid>,
+    time: &'a str,
+}
+
+#[derive(Serialize)]
+struct IdentityBody<'a> {
+    seq: i64,
+    did: &'a str,
+    time: &'a str,
+    handle: &'a str,
+}
+
+#[derive(Serialize)]
+struct AccountBody<'a> {
+    seq: i64,
+    did: &'a str,
+    time: &'a str,
+    active: bool,
+}
+
+impl Network {
+    /// A network of `config.accounts` ordinary accounts, the protected account, and (with
+    /// `abuse`) one abusive account per 50, spread over the scenarios.
+    pub fn new(config: SimConfig) -> Network {
+        let seed = config.seed.to_le_bytes();
+        let mut accounts = Vec::new();
+        let mut abusive = Vec::new();
+        let abusive_count = if config.abuse {
+            (config.accounts / 50).max(SCENARIOS.len())
+        } else {
+            0
+        };
+        let total = config.accounts + 1 + abusive_count;
+        for i in 0..total {
+            let secret = digest(&[b"key", &seed, &(i as u64).to_le_bytes()]);
+            let key = SigningKey::from_bytes(Curve::K256, &secret)
+                .unwrap_or_else(|_| SigningKey::from_bytes(Curve::K256, &[7; 32]).expect("valid"));
+            let role = if i == config.accounts {
+                Role::Protected
+            } else if i > config.accounts {
+                let n = i - config.accounts - 1;
+                abusive.push(i);
+                Role::Abusive(n % SCENARIOS.len())
+            } else {
+                Role::Ordinary
+            };
+            let did = if role == Role::Protected {
+                PROTECTED_DID.to_string()
+            } else {
+                format!(
+                    "did:plc:{}",
+                    plc_id(&digest(&[b"did", &seed, &(i as u64).to_le_bytes()]))
+                )
+            };
+            let handle = match role {
+                Role::Protected => "protected.sim.test".to_string(),
+                _ => format!("user{i}.sim.test"),
+            };
+            accounts.push(Account {
+                repo: Repo::new(did.clone()),
+                did,
+                handle,
+                key,
+                clock: 0,
+                created: None,
+                role,
+                acts: 0,
+                last_follow: None,
+            });
+        }
+        Network {
+            rng: Rng::new(config.seed ^ 0x5eed),
+            time: config.start_micros,
+            config,
+            accounts,
+            abusive,
+            seq: 0,
+            pending: VecDeque::new(),
+            truth: Vec::new(),
+            protected_post: None,
+        }
+    }
+
+    /// Every account's DID and signing key (what a consumer resolves to verify commits).
+    pub fn public_keys(&self) -> Vec<(String, PublicKey)> {
+        self.accounts
+            .iter()
+            .map(|a| (a.did.clone(), a.key.public()))
+            .collect()
+    }
+
+    /// The ground truth so far: abusive accounts and their first abusive frame.
+    pub fn truth(&self) -> &[Truth] {
+        &self.truth
+    }
+
+    /// The last `seq` emitted.
+    pub fn seq(&self) -> i64 {
+        self.seq
+    }
+
+    /// The DID document of an account (as a PLC directory serves it), if it exists yet.
+    pub fn did_document(&self, did: &str) -> Option<serde_json::Value> {
+        let a = self.accounts.iter().find(|a| a.did == did)?;
+        a.created?;
+        Some(serde_json::json!({
+            "@context": ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/multikey/v1"],
+            "id": a.did,
+            "alsoKnownAs": [format!("at://{}", a.handle)],
+            "verificationMethod": [{
+                "id": format!("{}#atproto", a.did),
+                "type": "Multikey",
+                "controller": a.did,
+                "publicKeyMultibase": a.key.public().to_multikey(),
+            }],
+            "service": [{
+                "id": "#atproto_pds",
+                "type": "AtprotoPersonalDataServer",
+                "serviceEndpoint": "https://pds.sim.test",
+            }],
+        }))
+    }
+
+    /// The PLC audit log of an account: its creation operation, with the creation time.
+    pub fn audit_log(&self, did: &str) -> Option<serde_json::Value> {
+        let a = self.accounts.iter().find(|a| a.did == did)?;
+        let created = a.created?;
+        Some(serde_json::json!([{
+            "did": a.did,
+            "operation": { "type": "plc_operation", "alsoKnownAs": [format!("at://{}", a.handle)] },
+            "cid": "bafyreigp6shzy6dlcxuowwoxz7u5nemdrkad2my5zwzpwilcnhih7bw6za",
+            "nullified": false,
+            "createdAt": datetime(created),
+        }]))
+    }
+
+    /// Zipf-like activity: account `i` (of `n`) is picked with weight about 1/(i+1).
+    fn zipf(&mut self, n: usize) -> usize {
+        let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let i = ((n as f64 + 1.0).powf(u) - 1.0) as usize;
+        i.min(n - 1)
+    }
+
+    fn push(&mut self, bytes: Vec<u8>, seq: i64) {
+        self.pending.push_back(SimFrame {
+            seq,
+            bytes,
+            time_micros: self.time,
+        });
+    }
+
+    fn next_seq(&mut self) -> i64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Creates account `i` on first use: `#identity`, `#account`, and a profile commit.
+    fn ensure_created(&mut self, i: usize) {
+        if self.accounts[i].created.is_some() {
+            return;
+        }
+        self.accounts[i].created = Some(self.time);
+        let time = datetime(self.time);
+        let (did, handle) = (
+            self.accounts[i].did.clone(),
+            self.accounts[i].handle.clone(),
+        );
+        let seq = self.next_seq();
+        let body = IdentityBody {
+            seq,
+            did: &did,
+            time: &time,
+            handle: &handle,
+        };
+        let bytes = encode_message("#identity", &body).expect("identity encodes");
+        self.push(bytes, seq);
+        let seq = self.next_seq();
+        let body = AccountBody {
+            seq,
+            did: &did,
+            time: &time,
+            active: true,
+        };
+        let bytes = encode_message("#account", &body).expect("account encodes");
+        self.push(bytes, seq);
+        let name = match self.accounts[i].role {
+            Role::Abusive(5) => "Elon Musk".to_string(),
+            Role::Protected => "A journalist".to_string(),
+            _ => {
+                let n = 1 + self.rng.below(2) as usize;
+                words(&mut self.rng, n)
+            }
+        };
+        let record = serde_json::json!({
+            "$type": "app.bsky.actor.profile",
+            "displayName": name,
+            "description": "",
+        });
+        self.commit(
+            i,
+            vec![Change::Put {
+                path: "app.bsky.actor.profile/self".into(),
+                record: json_to_ipld(&record).expect("valid record"),
+            }],
+        );
+    }
+
+    fn commit(&mut self, i: usize, changes: Vec<Change>) -> CommitOutput {
+        let time = self.time;
+        let a = &mut self.accounts[i];
+        a.clock += 1;
+        let rev = tid(time, a.clock);
+        let blobs = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Put { record, .. } => Some(blob_refs(record)),
+                Change::Delete { .. } => None,
+            })
+            .flatten()
+            .collect();
+        let out = a.repo.commit(&a.key, rev, &changes, blobs);
+        let did = a.did.clone();
+        let seq = self.next_seq();
+        let time = datetime(self.time);
+        let body = CommitBody {
+            seq,
+            rebase: false,
+            too_big: false,
+            repo: &did,
+            commit: out.commit,
+            rev: &out.rev,
+            since: out.since.as_deref(),
+            blocks: &out.blocks,
+            ops: &out.ops,
+            blobs: &out.blobs,
+            prev_data: out.prev_data,
+            time: &time,
+        };
+        let bytes = encode_message("#commit", &body).expect("commit encodes");
+        self.push(bytes, seq);
+        out
+    }
+
+    fn rkey(&mut self, i: usize) -> String {
+        let a = &mut self.accounts[i];
+        a.clock += 1;
+        tid(self.time, a.clock)
+    }
+
+    fn random_other(&mut self, not: usize) -> usize {
+        let n = self.config.accounts.max(2);
+        let mut j = self.rng.below(n as u64) as usize;
+        if j == not {
+            j = (j + 1) % n;
+        }
+        j
+    }
+
+    /// A post of account `j`, created if it has none (replies, likes and quotes need one).
+    fn some_post(&mut self, j: usize) -> (String, Cid) {
+        self.ensure_created(j);
+        let found = {
+            let repo = &self.accounts[j].repo;
+            (0..repo.len()).find_map(|n| {
+                let p = repo.nth_path(n)?;
+                p.starts_with("app.bsky.feed.post/")
+                    .then(|| (p.to_string(), repo.cid(p).expect("present")))
+            })
+        };
+        let (path, cid) = match found {
+            Some(x) => x,
+            None => {
+                let n = 5 + self.rng.below(8) as usize;
+                let text = words(&mut self.rng, n);
+                let path = format!("app.bsky.feed.post/{}", self.rkey(j));
+                let out = self.commit(
+                    j,
+                    vec![Change::Put {
+                        path: path.clone(),
+                        record: post_record(&text, self.time, None, None),
+                    }],
+                );
+                (path, out.ops[0].cid.expect("created"))
+            }
+        };
+        (format!("at://{}/{path}", self.accounts[j].did), cid)
+    }
+
+    fn ordinary_event(&mut self, i: usize) {
+        let roll = self.rng.below(1000);
+        let j = self.random_other(i);
+        let t = self.time;
+        let change = match roll {
+            0..=419 => {
+                let (uri, cid) = self.some_post(j);
+                Change::Put {
+                    path: format!("app.bsky.feed.like/{}", self.rkey(i)),
+                    record: subject_record("app.bsky.feed.like", &uri, cid, t),
+                }
+            }
+            420..=619 => {
+                let did = self.accounts[j].did.clone();
+                self.ensure_created(j);
+                Change::Put {
+                    path: format!("app.bsky.graph.follow/{}", self.rkey(i)),
+                    record: json_to_ipld(&serde_json::json!({
+                        "$type": "app.bsky.graph.follow",
+                        "subject": did,
+                        "createdAt": datetime(t),
+                    }))
+                    .expect("valid"),
+                }
+            }
+            620..=769 => {
+                let (uri, cid) = self.some_post(j);
+                Change::Put {
+                    path: format!("app.bsky.feed.repost/{}", self.rkey(i)),
+                    record: subject_record("app.bsky.feed.repost", &uri, cid, t),
+                }
+            }
+            770..=919 => {
+                let n = 4 + self.rng.below(14) as usize;
+                let text = words(&mut self.rng, n);
+                let shape = self.rng.below(10);
+                let reply = if shape < 3 {
+                    Some(self.some_post(j))
+                } else {
+                    None
+                };
+                let embed = match shape {
+                    3 => Some(Embed::Quote(self.some_post(j))),
+                    4 | 5 => Some(Embed::Image(fake_blob(&text))),
+                    6 => Some(Embed::Link(format!(
+                        "https://news{}.example.com/story",
+                        self.rng.below(20)
+                    ))),
+                    _ => None,
+                };
+                let text = match &embed {
+                    Some(Embed::Link(url)) => format!("{text} {url}"),
+                    _ => text,
+                };
+                Change::Put {
+                    path: format!("app.bsky.feed.post/{}", self.rkey(i)),
+                    record: post_record(&text, t, reply, embed),
+                }
+            }
+            920..=949 => {
+                let n = 1 + self.rng.below(2) as usize;
+                let name = words(&mut self.rng, n);
+                Change::Put {
+                    path: "app.bsky.actor.profile/self".into(),
+                    record: json_to_ipld(&serde_json::json!({
+                        "$type": "app.bsky.actor.profile",
+                        "displayName": name,
+                        "description": "",
+                    }))
+                    .expect("valid"),
+                }
+            }
+            950..=989 => {
+                // Delete something of one's own (not the profile), if there is anything.
+                let repo = &self.accounts[i].repo;
+                let n = repo.len();
+                let target = (n > 1)
+                    .then(|| repo.nth_path(self.rng.below(n as u64) as usize))
+                    .flatten()
+                    .filter(|p| !p.starts_with("app.bsky.actor.profile"))
+                    .map(str::to_string);
+                match target {
+                    Some(path) => Change::Delete { path },
+                    None => return,
+                }
+            }
+            990..=996 => {
+                // A handle change.
+                let a = &mut self.accounts[i];
+                a.handle = format!("user{i}-{}.sim.test", a.clock);
+                let (did, handle) = (a.did.clone(), a.handle.clone());
+                let seq = self.next_seq();
+                let time = datetime(self.time);
+                let body = IdentityBody {
+                    seq,
+                    did: &did,
+                    time: &time,
+                    handle: &handle,
+                };
+                let bytes = encode_message("#identity", &body).expect("encodes");
+                self.push(bytes, seq);
+                return;
+            }
+            _ => {
+                // An account status event (reactivation after a pause).
+                let did = self.accounts[i].did.clone();
+                let seq = self.next_seq();
+                let time = datetime(self.time);
+                let body = AccountBody {
+                    seq,
+                    did: &did,
+                    time: &time,
+                    active: true,
+                };
+                let bytes = encode_message("#account", &body).expect("encodes");
+                self.push(bytes, seq);
+                return;
+            }
+        };
+        self.commit(i, vec![change]);
+    }
+
+    fn abusive_event(&mut self, i: usize, scenario: usize) {
+        let first = self.accounts[i].acts == 0;
+        self.accounts[i].acts += 1;
+        let acts = self.accounts[i].acts;
+        let t = self.time;
+        let j = self.random_other(i);
+        let change = match SCENARIOS[scenario] {
+            "reply-ring" => {
+                let parent = self.some_post(j);
+                Change::Put {
+                    path: format!("app.bsky.feed.post/{}", self.rkey(i)),
+                    record: post_record(
+                        "Check my profile for free crypto giveaway",
+                        t,
+                        Some(parent),
+                        None,
+                    ),
+                }
+            }
+            "copy-paste" => {
+                let tail = ["!", "!!", " 💰", " now", " today", " ✅"][self.rng.below(6) as usize];
+                let text = format!(
+                    "Earn 500 dollars a day working from home, message me to learn how{tail}"
+                );
+                Change::Put {
+                    path: format!("app.bsky.feed.post/{}", self.rkey(i)),
+                    record: post_record(&text, t, None, None),
+                }
+            }
+            "follow-churn" => match self.accounts[i].last_follow.take() {
+                Some(rkey) if acts % 2 == 0 => Change::Delete {
+                    path: format!("app.bsky.graph.follow/{rkey}"),
+                },
+                _ => {
+                    self.ensure_created(j);
+                    let rkey = self.rkey(i);
+                    self.accounts[i].last_follow = Some(rkey.clone());
+                    Change::Put {
+                        path: format!("app.bsky.graph.follow/{rkey}"),
+                        record: json_to_ipld(&serde_json::json!({
+                            "$type": "app.bsky.graph.follow",
+                            "subject": self.accounts[j].did,
+                            "createdAt": datetime(t),
+                        }))
+                        .expect("valid"),
+                    }
+                }
+            },
+            "link-spam" => {
+                let domain = format!(
+                    "{}-deals.top",
+                    plc_id(&digest(&[
+                        &acts.to_le_bytes(),
+                        self.accounts[i].did.as_bytes()
+                    ]))[..8]
+                        .to_string()
+                );
+                let url = format!("https://{domain}/promo");
+                Change::Put {
+                    path: format!("app.bsky.feed.post/{}", self.rkey(i)),
+                    record: post_record(
+                        &format!("Limited offer {url}"),
+                        t,
+                        None,
+                        Some(Embed::Link(url)),
+                    ),
+                }
+            }
+            "harassment" => {
+                let target = self
+                    .accounts
+                    .iter()
+                    .position(|a| a.role == Role::Protected)
+                    .expect("exists");
+                let parent = match self.protected_post.clone() {
+                    Some(p) => p,
+                    None => {
+                        let p = self.some_post(target);
+                        self.protected_post = Some(p.clone());
+                        p
+                    }
+                };
+                Change::Put {
+                    path: format!("app.bsky.feed.post/{}", self.rkey(i)),
+                    record: post_record("nobody wants you here, log off", t, Some(parent), None),
+                }
+            }
+            "impersonation" => {
+                if first {
+                    // Take a handle that carries a celebrity's name.
+                    let a = &mut self.accounts[i];
+                    a.handle = format!("elonmusk-official{i}.sim.test");
+                    let (did, handle) = (a.did.clone(), a.handle.clone());
+                    let seq = self.next_seq();
+                    let time = datetime(self.time);
+                    let body = IdentityBody {
+                        seq,
+                        did: &did,
+                        time: &time,
+                        handle: &handle,
+                    };
+                    let bytes = encode_message("#identity", &body).expect("encodes");
+                    self.record_truth(i, scenario, seq);
+                    self.push(bytes, seq);
+                    return;
+                }
+                Change::Put {
+                    path: format!("app.bsky.feed.post/{}", self.rkey(i)),
+                    record: post_record(
+                        "Sending crypto back to everyone who sends me some",
+                        t,
+                        None,
+                        None,
+                    ),
+                }
+            }
+            _ => {
+                // slur-evasion: the word written with look-alike letters.
+                let variant =
+                    ["\u{043a}ys", "k\u{0443}s", "ky\u{0455}", "k.y.s"][self.rng.below(4) as usize];
+                let parent = self.some_post(j);
+                Change::Put {
+                    path: format!("app.bsky.feed.post/{}", self.rkey(i)),
+                    record: post_record(&format!("just {variant} already"), t, Some(parent), None),
+                }
+            }
+        };
+        let seq_before = self.seq;
+        self.commit(i, vec![change]);
+        if first {
+            self.record_truth(i, scenario, seq_before + 1);
+        }
+    }
+
+    fn record_truth(&mut self, i: usize, scenario: usize, seq: i64) {
+        self.truth.push(Truth {
+            scenario: SCENARIOS[scenario],
+            did: self.accounts[i].did.clone(),
+            first_seq: seq,
+            first_time: self.time,
+        });
+    }
+
+    /// The next frame.
+    pub fn next_frame(&mut self) -> SimFrame {
+        while self.pending.is_empty() {
+            self.time += self.config.step_micros;
+            // About 4 % of events are abusive, from the scenario accounts in turn.
+            if !self.abusive.is_empty() && self.rng.below(100) < 4 {
+                let k = self.rng.below(self.abusive.len() as u64) as usize;
+                let i = self.abusive[k];
+                self.ensure_created(i);
+                if let Role::Abusive(s) = self.accounts[i].role {
+                    // The real frames of the act follow the creation frames already queued.
+                    self.abusive_event(i, s);
+                }
+            } else {
+                let i = self.zipf(self.config.accounts.max(1));
+                self.ensure_created(i);
+                self.ordinary_event(i);
+            }
+        }
+        self.pending.pop_front().expect("not empty")
+    }
+}
+
+enum Embed {
+    Quote((String, Cid)),
+    Image(Cid),
+    Link(String),
+}
+
+fn fake_blob(text: &str) -> Cid {
+    // A raw-codec CID (0x55), as blobs have.
+    skywarden_atproto::data::cid_for(0x55, text.as_bytes())
+}
+
+fn blob_refs(record: &Ipld) -> Vec<Cid> {
+    let mut out = Vec::new();
+    fn walk(v: &Ipld, out: &mut Vec<Cid>) {
+        match v {
+            Ipld::Map(m) => {
+                if m.get("$type") == Some(&Ipld::String("blob".into()))
+                    && let Some(Ipld::Link(c)) = m.get("ref")
+                {
+                    out.push(*c);
+                }
+                m.values().for_each(|x| walk(x, out));
+            }
+            Ipld::List(l) => l.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    walk(record, &mut out);
+    out
+}
+
+fn subject_record(kind: &str, uri: &str, cid: Cid, t: i64) -> Ipld {
+    json_to_ipld(&serde_json::json!({
+        "$type": kind,
+        "subject": { "uri": uri, "cid": cid.to_string() },
+        "createdAt": datetime(t),
+    }))
+    .expect("valid")
+}
+
+fn post_record(text: &str, t: i64, reply: Option<(String, Cid)>, embed: Option<Embed>) -> Ipld {
+    let mut r = serde_json::json!({
+        "$type": "app.bsky.feed.post",
+        "text": text,
+        "langs": ["en"],
+        "createdAt": datetime(t),
+    });
+    if let Some((uri, cid)) = reply {
+        let strong = serde_json::json!({ "uri": uri, "cid": cid.to_string() });
+        r["reply"] = serde_json::json!({ "root": strong, "parent": strong });
+    }
+    match embed {
+        Some(Embed::Quote((uri, cid))) => {
+            r["embed"] = serde_json::json!({
+                "$type": "app.bsky.embed.record",
+                "record": { "uri": uri, "cid": cid.to_string() },
+            });
+        }
+        Some(Embed::Image(blob)) => {
+            r["embed"] = serde_json::json!({
+                "$type": "app.bsky.embed.images",
+                "images": [{
+                    "alt": "",
+                    "image": { "$type": "blob", "ref": { "$link": blob.to_string() }, "mimeType": "image/jpeg", "size": 48213 },
+                }],
+            });
+        }
+        Some(Embed::Link(url)) => {
+            // A link facet over the URL where it appears in the text.
+            if let Some(start) = text.find(&url) {
+                r["facets"] = serde_json::json!([{
+                    "index": { "byteStart": start, "byteEnd": start + url.len() },
+                    "features": [{ "$type": "app.bsky.richtext.facet#link", "uri": url }],
+                }]);
+            }
+        }
+        None => {}
+    }
+    json_to_ipld(&r).expect("valid record")
+}
