@@ -4,6 +4,7 @@ mod default_rules;
 mod labeler_cmd;
 mod rules_cmd;
 mod serve_cmd;
+mod simulate_cmd;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -140,6 +141,15 @@ enum Command {
         #[command(subcommand)]
         command: labeler_cmd::KeysCommand,
     },
+    /// A simulated network: signed firehose frames from simulated accounts, with abuse
+    /// scenarios and their ground truth, written to an archive or served as a relay.
+    ///
+    /// Examples:
+    ///   skywarden simulate --seed 7 --events 200000 --out sim.skwa --truth truth.jsonl
+    ///   skywarden simulate --listen 127.0.0.1:2583 --rate 500
+    ///   skywarden serve --relay ws://127.0.0.1:2583 --plc http://127.0.0.1:2583 --cursor 0
+    #[command(verbatim_doc_comment)]
+    Simulate(simulate_cmd::SimulateArgs),
     /// The labeler's identity: its service record and did:web document.
     Labeler {
         #[command(subcommand)]
@@ -288,6 +298,7 @@ fn main() -> ExitCode {
             } => record(source, out, append, limit, duration, level).await,
             Command::Rules { command } => rules_cmd::run(command).await,
             Command::Keys { command } => labeler_cmd::keys(command),
+            Command::Simulate(args) => simulate_cmd::run(args).await,
             Command::Labeler { command } => labeler_cmd::labeler(command).await,
             Command::Serve(_) => match serve_settings {
                 Some(settings) => serve_cmd::run(settings).await,

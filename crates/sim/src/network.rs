@@ -17,8 +17,12 @@ use std::collections::VecDeque;
 /// the harassment scenario targets it.
 pub const PROTECTED_DID: &str = "did:plc:protectedtarget00000001";
 
+/// The most records a simulated repo holds.
+pub const MAX_RECORDS: usize = 500;
+
 /// The abuse scenarios, each with its accounts recorded in the ground truth.
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
+    "greeting-spam",
     "reply-ring",
     "copy-paste",
     "follow-churn",
@@ -360,7 +364,7 @@ impl Network {
         let bytes = encode_message("#account", &body).expect("account encodes");
         self.push(bytes, seq);
         let name = match self.accounts[i].role {
-            Role::Abusive(5) => "Elon Musk".to_string(),
+            Role::Abusive(6) => "Elon Musk".to_string(),
             Role::Protected => "A journalist".to_string(),
             _ => {
                 let n = 1 + self.rng.below(2) as usize;
@@ -381,9 +385,26 @@ impl Network {
         );
     }
 
-    fn commit(&mut self, i: usize, changes: Vec<Change>) -> CommitOutput {
+    fn commit(&mut self, i: usize, mut changes: Vec<Change>) -> CommitOutput {
         let time = self.time;
         let a = &mut self.accounts[i];
+        // Busy accounts prune their oldest record in the same commit, keeping repos at most
+        // MAX_RECORDS (each commit rebuilds the repo's MST).
+        let grows = changes
+            .iter()
+            .any(|c| matches!(c, Change::Put { path, .. } if !a.repo.contains(path)));
+        if grows && a.repo.len() >= MAX_RECORDS {
+            let oldest = (0..a.repo.len())
+                .filter_map(|n| a.repo.nth_path(n))
+                .find(|p| !p.starts_with("app.bsky.actor.profile"))
+                .map(str::to_string);
+            if let Some(path) = oldest {
+                if a.last_follow.as_deref().is_some_and(|r| path.ends_with(r)) {
+                    a.last_follow = None;
+                }
+                changes.push(Change::Delete { path });
+            }
+        }
         a.clock += 1;
         let rev = tid(time, a.clock);
         let blobs = changes
@@ -591,6 +612,16 @@ impl Network {
         let t = self.time;
         let j = self.random_other(i);
         let change = match SCENARIOS[scenario] {
+            "greeting-spam" => {
+                let text = [
+                    "Hello, can we be friends?",
+                    "hello dear, how are you doing today?",
+                ][self.rng.below(2) as usize];
+                Change::Put {
+                    path: format!("app.bsky.feed.post/{}", self.rkey(i)),
+                    record: post_record(text, t, None, None),
+                }
+            }
             "reply-ring" => {
                 let parent = self.some_post(j);
                 Change::Put {
@@ -614,7 +645,7 @@ impl Network {
                 }
             }
             "follow-churn" => match self.accounts[i].last_follow.take() {
-                Some(rkey) if acts % 2 == 0 => Change::Delete {
+                Some(rkey) if acts.is_multiple_of(2) => Change::Delete {
                     path: format!("app.bsky.graph.follow/{rkey}"),
                 },
                 _ => {
@@ -633,14 +664,12 @@ impl Network {
                 }
             },
             "link-spam" => {
-                let domain = format!(
-                    "{}-deals.top",
-                    plc_id(&digest(&[
-                        &acts.to_le_bytes(),
-                        self.accounts[i].did.as_bytes()
-                    ]))[..8]
-                        .to_string()
-                );
+                // A domain never seen before, for every post.
+                let fresh = plc_id(&digest(&[
+                    &acts.to_le_bytes(),
+                    self.accounts[i].did.as_bytes(),
+                ]));
+                let domain = format!("{}-deals.top", &fresh[..8]);
                 let url = format!("https://{domain}/promo");
                 Change::Put {
                     path: format!("app.bsky.feed.post/{}", self.rkey(i)),
