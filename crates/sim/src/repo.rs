@@ -91,6 +91,51 @@ pub struct CommitOutput {
     pub blobs: Vec<Cid>,
 }
 
+#[derive(serde::Deserialize)]
+struct NodeIn {
+    e: Vec<EntryIn>,
+    l: Option<Cid>,
+}
+
+#[derive(serde::Deserialize)]
+struct EntryIn {
+    #[serde(with = "serde_bytes")]
+    k: Vec<u8>,
+    p: usize,
+    t: Option<Cid>,
+}
+
+/// The nodes a lookup of `key` visits, from `root` down.
+fn search_path(nodes: &std::collections::HashMap<Cid, Vec<u8>>, root: Cid, key: &[u8]) -> Vec<Cid> {
+    let mut path = Vec::new();
+    let mut at = Some(root);
+    while let Some(cid) = at.take() {
+        let Some(bytes) = nodes.get(&cid) else { break };
+        path.push(cid);
+        let Ok(node) = serde_ipld_dagcbor::from_slice::<NodeIn>(bytes) else {
+            break;
+        };
+        // Descend into the gap where `key` falls, unless an entry holds it.
+        let mut below = node.l;
+        let mut previous: Vec<u8> = Vec::new();
+        for entry in &node.e {
+            let mut full = previous[..entry.p.min(previous.len())].to_vec();
+            full.extend_from_slice(&entry.k);
+            match key.cmp(&full[..]) {
+                std::cmp::Ordering::Less => break,
+                std::cmp::Ordering::Equal => {
+                    below = None;
+                    break;
+                }
+                std::cmp::Ordering::Greater => below = entry.t,
+            }
+            previous = full;
+        }
+        at = below;
+    }
+    path
+}
+
 impl Repo {
     /// An empty repo.
     pub fn new(did: String) -> Repo {
@@ -171,10 +216,21 @@ impl Repo {
         let mut tree = Vec::new();
         let data = root_cid(&entries, &mut tree).expect("MST nodes encode");
         let nodes: HashSet<Cid> = tree.iter().map(|(c, _)| *c).collect();
-        // The blocks a PDS sends: the nodes that are new in this tree.
-        for (cid, bytes) in tree {
-            if !self.nodes.contains(&cid) {
-                new_blocks.push((cid, bytes));
+        // The blocks a PDS sends: the nodes that are new in this tree, and every node on the
+        // search path of each op's key, changed or not, so that a consumer can prove each op
+        // (a delete's absence, too) from the signed root.
+        let by_cid: std::collections::HashMap<Cid, Vec<u8>> = tree.into_iter().collect();
+        let mut sent: HashSet<Cid> = HashSet::new();
+        for (cid, bytes) in &by_cid {
+            if !self.nodes.contains(cid) && sent.insert(*cid) {
+                new_blocks.push((*cid, bytes.clone()));
+            }
+        }
+        for op in &ops {
+            for cid in search_path(&by_cid, data, op.path.as_bytes()) {
+                if sent.insert(cid) {
+                    new_blocks.push((cid, by_cid[&cid].clone()));
+                }
             }
         }
         let unsigned = UnsignedCommit {
