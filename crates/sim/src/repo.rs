@@ -219,13 +219,14 @@ impl Repo {
         // The blocks a PDS sends: the nodes that are new in this tree, and every node on the
         // search path of each op's key, changed or not, so that a consumer can prove each op
         // (a delete's absence, too) from the signed root.
-        let by_cid: std::collections::HashMap<Cid, Vec<u8>> = tree.into_iter().collect();
+        // (In the tree's order, not the map's: the same seed must give the same bytes.)
         let mut sent: HashSet<Cid> = HashSet::new();
-        for (cid, bytes) in &by_cid {
+        for (cid, bytes) in &tree {
             if !self.nodes.contains(cid) && sent.insert(*cid) {
                 new_blocks.push((*cid, bytes.clone()));
             }
         }
+        let by_cid: std::collections::HashMap<Cid, Vec<u8>> = tree.into_iter().collect();
         for op in &ops {
             for cid in search_path(&by_cid, data, op.path.as_bytes()) {
                 if sent.insert(cid) {
