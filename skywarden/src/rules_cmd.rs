@@ -55,6 +55,22 @@ pub enum RulesCommand {
         #[arg(long, value_name = "N")]
         limit: Option<u64>,
     },
+    /// Compare the actions a run logged with a simulation's ground truth: precision per rule,
+    /// recall and time to detection per scenario.
+    ///
+    /// Example:
+    ///   skywarden simulate --seed 7 --events 200000 --out sim.skwa --truth truth.jsonl
+    ///   skywarden serve --archive sim.skwa --data-dir eval-data
+    ///   skywarden rules eval --data-dir eval-data --truth truth.jsonl
+    #[command(verbatim_doc_comment)]
+    Eval {
+        /// The data directory of the `serve` run.
+        #[arg(long, value_name = "DIR", default_value = "skywarden-data")]
+        data_dir: PathBuf,
+        /// The ground truth written by `skywarden simulate --truth`.
+        #[arg(long, value_name = "FILE")]
+        truth: PathBuf,
+    },
     /// Print the rule language reference (Markdown), generated from the vocabulary.
     Reference,
 }
@@ -110,7 +126,70 @@ pub async fn run(cmd: RulesCommand) -> Result<(), String> {
             print!("{}", skywarden_rules::reference::markdown());
             Ok(())
         }
+        RulesCommand::Eval { data_dir, truth } => eval(&data_dir, &truth).await,
     }
+}
+
+async fn eval(data_dir: &Path, truth: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(truth)
+        .map_err(|e| format!("cannot read {}: {e}", truth.display()))?;
+    let mut entries = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let at = || format!("{}:{}", truth.display(), n + 1);
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("{}: {e}", at()))?;
+        let name = v["scenario"].as_str().unwrap_or_default();
+        let scenario = skywarden_sim::SCENARIOS
+            .iter()
+            .copied()
+            .find(|s| *s == name)
+            .ok_or_else(|| format!("{}: unknown scenario `{name}`", at()))?;
+        entries.push(skywarden_sim::Truth {
+            scenario,
+            did: v["did"]
+                .as_str()
+                .ok_or_else(|| format!("{}: no did", at()))?
+                .to_string(),
+            first_seq: v["firstSeq"].as_i64().unwrap_or(0),
+            first_time: v["firstTime"].as_i64().unwrap_or(0),
+        });
+    }
+    if !data_dir.join("skywarden.db").exists() {
+        return Err(format!(
+            "no skywarden.db in {}: run `skywarden serve --data-dir {}` on the simulation first",
+            data_dir.display(),
+            data_dir.display()
+        ));
+    }
+    let store = skywarden_store::Store::open(data_dir)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut actions = Vec::new();
+    let mut after = 0;
+    loop {
+        let rows = store
+            .effects_after(after, 10_000)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(last) = rows.last().map(|r| r.id) else {
+            break;
+        };
+        after = last;
+        actions.extend(rows.into_iter().map(|r| skywarden_sim::quality::ActionRow {
+            rule: r.effect.rule,
+            verb: r.effect.verb,
+            subject: r.effect.subject,
+            event_time: r.effect.event_time,
+        }));
+    }
+    store.close().await;
+    let q = skywarden_sim::quality::evaluate(&entries, &actions);
+    print!("{}", q.table());
+    Ok(())
 }
 
 fn test(dir: Option<&Path>, verbose: bool) -> Result<(), String> {

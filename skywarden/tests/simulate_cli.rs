@@ -99,6 +99,54 @@ fn an_archive_with_ground_truth_decodes_and_serve_acts_on_it() {
             "{rule} did not fire:\n{log}"
         );
     }
+
+    // `rules eval` compares the logged actions with the ground truth.
+    let eval = skywarden()
+        .args(["rules", "eval", "--data-dir"])
+        .arg(&data)
+        .arg("--truth")
+        .arg(&truth)
+        .output()
+        .unwrap();
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let table = String::from_utf8_lossy(&eval.stdout);
+    println!("{table}");
+    let row = |name: &str| -> Vec<String> {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row {name}:\n{table}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    // The look-alike slur is caught by the bad-word rule, which acts on nobody else.
+    let bad_word = row("bad-word-post");
+    assert_eq!(bad_word[4], "1.00", "precision: {bad_word:?}");
+    let slurs = row("slur-evasion");
+    assert_eq!(slurs[3], "1.00", "recall: {slurs:?}");
+    for scenario in skywarden_sim::SCENARIOS {
+        row(scenario);
+    }
+    let bad_truth = dir.join("bad.jsonl");
+    std::fs::write(
+        &bad_truth,
+        "{\"scenario\":\"nonsense\",\"did\":\"did:plc:x\"}\n",
+    )
+    .unwrap();
+    let refused = skywarden()
+        .args(["rules", "eval", "--data-dir"])
+        .arg(&data)
+        .arg("--truth")
+        .arg(&bad_truth)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("bad.jsonl:1: unknown scenario"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -8,10 +8,12 @@
 //! | [`repo`] | one repo: records in an MST, signed commits, the CAR of each change |
 //! | [`network`] | accounts, the activity mix, abuse scenarios, ground truth, frames |
 //! | [`server`] | `subscribeRepos` (cursor replay, then live) and a PLC directory |
+//! | [`quality`] | a ruleset's actions against the ground truth: precision, recall, time to detection |
 
 #![warn(missing_docs)]
 
 pub mod network;
+pub mod quality;
 pub mod repo;
 pub mod server;
 
