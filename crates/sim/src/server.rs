@@ -249,11 +249,16 @@ async fn stream(socket: WebSocket, s: Arc<SimServer>, cursor: Option<i64>) {
             }
             continue;
         }
+        // Queue the batch and flush once: one write per batch, not per frame.
         for f in frames {
-            if tx.send(Message::Binary(f)).await.is_err() {
+            if tx.feed(Message::Binary(f)).await.is_err() {
                 reader.abort();
                 return;
             }
+        }
+        if tx.flush().await.is_err() {
+            reader.abort();
+            return;
         }
         next = after;
     }

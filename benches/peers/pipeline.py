@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""End-to-end pipeline benchmark: `skywarden serve` consuming the simulator's firehose over a
+real WebSocket on loopback, with the default ruleset and the SQLite effect log.
+
+The simulator pre-generates EVENTS signed frames (`simulate --rate 0`) and serves them as fast
+as `serve` reads. For each partition count, a fresh `serve --relay ws://… --cursor 0` runs until
+every event is evaluated and its effects are durable (`skywarden_lag_events` back to 0). Printed per run: events/s end to end, events per
+CPU-second of `serve` (user + system), p50/p99 of dispatch-to-durable latency (from
+`skywarden_event_latency_seconds`), and peak RSS (VmHWM). With --profile, `perf record` samples
+`serve` during the 2-partition run and the top symbols are printed.
+
+    cargo build --release -p skywarden
+    python3 benches/peers/pipeline.py [--events 100000] [--accounts 10000] [--profile]
+"""
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.path.join(ROOT, "target", "release", "skywarden")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    sys.exit(f"nothing listens on {port} after {timeout} s")
+
+
+def metrics(port):
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return ""
+
+
+def value(text, name):
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def quantile(text, q):
+    buckets = [(float(le), float(n)) for le, n in re.findall(
+        r'^skywarden_event_latency_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M) if le != "+Inf"]
+    total = value(text, "skywarden_event_latency_seconds_count") or 0
+    for le, n in buckets:
+        if total and n >= q * total:
+            return le
+    return None
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def run(relay_port, events, partitions, profile):
+    data = tempfile.mkdtemp(prefix="skywarden-pipeline-")
+    http = free_port()
+    serve = subprocess.Popen(
+        [BIN, "serve", "--relay", f"ws://127.0.0.1:{relay_port}", "--cursor", "0",
+         "--data-dir", data, "--listen", f"127.0.0.1:{http}", "--partitions", str(partitions),
+         "--labeler", "true"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    perf = None
+    if profile:
+        perf_data = os.path.join(data, "perf.data")
+        perf = subprocess.Popen(["perf", "record", "-F", "499", "-g", "-o", perf_data, "-p", str(serve.pid)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    start = time.time()
+    text = ""
+    while True:
+        time.sleep(0.2)
+        text = metrics(http)
+        seen = sum(float(n) for n in re.findall(r"^skywarden_events_total\{[^}]*\} (\S+)$", text, re.M))
+        # End to end: every event received and its effects durable.
+        if seen >= events and value(text, "skywarden_lag_events") == 0:
+            break
+        cursor = seen
+        if time.time() - start > 600 or serve.poll() is not None:
+            serve.kill()
+            sys.exit(f"serve did not reach {events} (at {cursor})")
+    elapsed = time.time() - start
+    cpu = cpu_seconds(serve.pid)
+    rss = peak_rss_mb(serve.pid)
+    if perf:
+        perf.send_signal(2)
+        perf.wait()
+    serve.terminate()
+    serve.wait()
+    counted = sum(float(n) for n in re.findall(r"^skywarden_events_total\{[^}]*\} (\S+)$", text, re.M))
+    print(f"partitions {partitions}: {counted:.0f} events in {elapsed:.1f} s = {counted / elapsed:,.0f} events/s, "
+          f"{counted / cpu:,.0f} events per CPU-second, latency p50 <= {quantile(text, 0.5)} s, "
+          f"p99 <= {quantile(text, 0.99)} s, peak RSS {rss:.0f} MB")
+    if perf:
+        report = subprocess.run(["perf", "report", "-i", perf_data, "--no-children", "--percent-limit", "2",
+                                 "--stdio", "--sort", "symbol"], capture_output=True, text=True).stdout
+        print("top symbols (perf, 2-partition run):")
+        for line in report.splitlines():
+            if re.match(r"^\s+\d+\.\d+%", line):
+                print("  " + line.strip())
+        callers = subprocess.run(["perf", "report", "-i", perf_data, "--children", "--percent-limit", "8",
+                                  "--stdio", "--sort", "symbol", "-g", "none"], capture_output=True, text=True).stdout
+        print("heaviest call paths, self + children (perf):")
+        for line in callers.splitlines():
+            if re.match(r"^\s+\d+\.\d+%", line) and ("skywarden" in line or "tungstenite" in line or "tokio" in line):
+                print("  " + " ".join(line.split()[:2] + line.split()[4:])[:160])
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--accounts", type=int, default=10_000)
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    if not os.path.exists(BIN):
+        sys.exit("build first: cargo build --release -p skywarden")
+    relay = free_port()
+    t0 = time.time()
+    sim = subprocess.Popen([BIN, "simulate", "--seed", "7", "--accounts", str(args.accounts),
+                            "--events", str(args.events), "--rate", "0", "--listen", f"127.0.0.1:{relay}"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(relay, 900)
+        print(f"simulator: {args.events} frames from {args.accounts} accounts generated in {time.time() - t0:.0f} s; "
+              f"{os.cpu_count()} cores")
+        for partitions in (1, 2):
+            run(relay, args.events, partitions, args.profile and partitions == 2)
+    finally:
+        sim.kill()
+
+
+if __name__ == "__main__":
+    main()
