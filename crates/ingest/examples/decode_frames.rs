@@ -20,7 +20,8 @@ fn main() {
         let mut out = std::io::BufWriter::new(std::fs::File::create(output).expect("output"));
         let mut n = 0;
         while let Some(f) = reader.next_frame().expect("readable") {
-            out.write_all(&(f.bytes.len() as u32).to_le_bytes()).unwrap();
+            out.write_all(&(f.bytes.len() as u32).to_le_bytes())
+                .unwrap();
             out.write_all(&f.bytes).unwrap();
             n += 1;
         }
