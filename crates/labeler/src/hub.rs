@@ -418,6 +418,12 @@ impl Subscription {
         self.replaying
     }
 
+    /// Whether a frame is ready without waiting (the rest of a replay page): the socket can
+    /// then hold its flush until the batch is written.
+    pub fn has_buffered(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
     /// The last `seq` handed out (or the starting position).
     pub fn last_seq(&self) -> i64 {
         self.last

@@ -201,7 +201,16 @@ async fn stream(socket: WebSocket, hub: Arc<LabelHub>, cursor: Option<i64>) {
             Next::Close(f) => (f, true),
             Next::End => break,
         };
-        match tokio::time::timeout(timeout, tx.send(Message::Binary(frame))).await {
+        // Frames of a replay page are queued and flushed together: one write per page, not
+        // per label. A live frame (nothing else ready) is flushed at once.
+        let write = async {
+            tx.feed(Message::Binary(frame)).await?;
+            if last || !sub.has_buffered() {
+                tx.flush().await?;
+            }
+            Ok::<(), axum::Error>(())
+        };
+        match tokio::time::timeout(timeout, write).await {
             Ok(Ok(())) => {
                 metrics.frames_sent.inc();
             }
