@@ -159,7 +159,7 @@ const SYLLABLES: [&str; 40] = [
 
 /// `n` random words of two to four syllables (about 2.6 million possible words): ordinary
 /// text that rarely repeats, even approximately.
-fn words(rng: &mut Rng, n: usize) -> String {
+pub fn words(rng: &mut Rng, n: usize) -> String {
     let mut out = String::new();
     for i in 0..n {
         if i > 0 {

@@ -10,7 +10,7 @@ use skywarden_atproto::crypto::{Curve, PublicKey, SigningKey};
 use skywarden_atproto::data::{Ipld, json_to_ipld};
 use skywarden_atproto::frame::encode_message;
 use skywarden_atproto::syntax::Datetime;
-use skywarden_ingest::synth::{Rng, tid};
+use skywarden_ingest::synth::{Rng, tid, words};
 use std::collections::VecDeque;
 
 /// The DID the default ruleset lists as a protected account (`rules/lists/protected-dids.txt`):
@@ -137,24 +137,6 @@ fn plc_id(bytes: &[u8]) -> String {
         .take(24)
         .map(|b| B32[(*b & 31) as usize] as char)
         .collect()
-}
-
-const SYLLABLES: [&str; 32] = [
-    "ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ba", "de", "fi", "go", "hu", "ja", "ke", "li",
-    "mo", "nu", "pa", "re", "si", "to", "un", "ve", "wa", "xi", "yo", "ze", "an", "el", "or", "is",
-];
-
-fn words(rng: &mut Rng, n: usize) -> String {
-    let mut out = String::new();
-    for i in 0..n {
-        if i > 0 {
-            out.push(' ');
-        }
-        for _ in 0..2 + rng.below(3) {
-            out.push_str(SYLLABLES[rng.below(SYLLABLES.len() as u64) as usize]);
-        }
-    }
-    out
 }
 
 fn datetime(micros: i64) -> String {
@@ -329,6 +311,36 @@ impl Network {
         });
     }
 
+    /// Queues an `#identity` frame with account `i`'s current handle; returns its `seq`.
+    fn emit_identity(&mut self, i: usize) -> i64 {
+        let seq = self.next_seq();
+        let time = datetime(self.time);
+        let a = &self.accounts[i];
+        let body = IdentityBody {
+            seq,
+            did: &a.did,
+            time: &time,
+            handle: &a.handle,
+        };
+        let bytes = encode_message("#identity", &body).expect("identity encodes");
+        self.push(bytes, seq);
+        seq
+    }
+
+    /// Queues an `#account` frame saying account `i` is active.
+    fn emit_account(&mut self, i: usize) {
+        let seq = self.next_seq();
+        let time = datetime(self.time);
+        let body = AccountBody {
+            seq,
+            did: &self.accounts[i].did,
+            time: &time,
+            active: true,
+        };
+        let bytes = encode_message("#account", &body).expect("account encodes");
+        self.push(bytes, seq);
+    }
+
     fn next_seq(&mut self) -> i64 {
         self.seq += 1;
         self.seq
@@ -340,29 +352,8 @@ impl Network {
             return;
         }
         self.accounts[i].created = Some(self.time);
-        let time = datetime(self.time);
-        let (did, handle) = (
-            self.accounts[i].did.clone(),
-            self.accounts[i].handle.clone(),
-        );
-        let seq = self.next_seq();
-        let body = IdentityBody {
-            seq,
-            did: &did,
-            time: &time,
-            handle: &handle,
-        };
-        let bytes = encode_message("#identity", &body).expect("identity encodes");
-        self.push(bytes, seq);
-        let seq = self.next_seq();
-        let body = AccountBody {
-            seq,
-            did: &did,
-            time: &time,
-            active: true,
-        };
-        let bytes = encode_message("#account", &body).expect("account encodes");
-        self.push(bytes, seq);
+        self.emit_identity(i);
+        self.emit_account(i);
         let name = match self.accounts[i].role {
             Role::Abusive(6) => "Elon Musk".to_string(),
             Role::Protected => "A journalist".to_string(),
@@ -573,32 +564,12 @@ impl Network {
                 // A handle change.
                 let a = &mut self.accounts[i];
                 a.handle = format!("user{i}-{}.sim.test", a.clock);
-                let (did, handle) = (a.did.clone(), a.handle.clone());
-                let seq = self.next_seq();
-                let time = datetime(self.time);
-                let body = IdentityBody {
-                    seq,
-                    did: &did,
-                    time: &time,
-                    handle: &handle,
-                };
-                let bytes = encode_message("#identity", &body).expect("encodes");
-                self.push(bytes, seq);
+                self.emit_identity(i);
                 return;
             }
             _ => {
                 // An account status event (reactivation after a pause).
-                let did = self.accounts[i].did.clone();
-                let seq = self.next_seq();
-                let time = datetime(self.time);
-                let body = AccountBody {
-                    seq,
-                    did: &did,
-                    time: &time,
-                    active: true,
-                };
-                let bytes = encode_message("#account", &body).expect("encodes");
-                self.push(bytes, seq);
+                self.emit_account(i);
                 return;
             }
         };
@@ -705,18 +676,8 @@ impl Network {
                     // Take a handle that carries a celebrity's name.
                     let a = &mut self.accounts[i];
                     a.handle = format!("elonmusk-official{i}.sim.test");
-                    let (did, handle) = (a.did.clone(), a.handle.clone());
-                    let seq = self.next_seq();
-                    let time = datetime(self.time);
-                    let body = IdentityBody {
-                        seq,
-                        did: &did,
-                        time: &time,
-                        handle: &handle,
-                    };
-                    let bytes = encode_message("#identity", &body).expect("encodes");
+                    let seq = self.emit_identity(i);
                     self.record_truth(i, scenario, seq);
-                    self.push(bytes, seq);
                     return;
                 }
                 Change::Put {
