@@ -651,38 +651,7 @@ impl PgLabelStore {
     /// Connects to `url` (`postgres://…`) and creates the schema if missing. With `schema`,
     /// tables live in that Postgres schema (created if missing), e.g. to keep test runs apart.
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<PgLabelStore> {
-        use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-        use std::str::FromStr;
-        let mut options = PgConnectOptions::from_str(url).map_err(err("postgres url"))?;
-        if let Some(schema) = schema {
-            if !schema
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
-                return Err(StoreError {
-                    context: format!("postgres schema `{schema}`"),
-                    source: sqlx::Error::Protocol(
-                        "schema names are letters, digits and underscores".into(),
-                    ),
-                });
-            }
-            let admin = PgPoolOptions::new()
-                .max_connections(1)
-                .connect_with(options.clone())
-                .await
-                .map_err(err(format!("connecting to {}", redact(url))))?;
-            sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-                .execute(&admin)
-                .await
-                .map_err(err("creating the schema"))?;
-            admin.close().await;
-            options = options.options([("search_path", schema)]);
-        }
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await
-            .map_err(err(format!("connecting to {}", redact(url))))?;
+        let pool = pg_pool(url, schema, 8).await?;
         sqlx::raw_sql(POSTGRES_SCHEMA)
             .execute(&pool)
             .await
@@ -694,6 +663,48 @@ impl PgLabelStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// A Postgres pool on `url`; with `schema`, every connection works in that Postgres schema
+/// (created if missing), e.g. to keep test runs apart.
+pub(crate) async fn pg_pool(
+    url: &str,
+    schema: Option<&str>,
+    connections: u32,
+) -> Result<sqlx::PgPool> {
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use std::str::FromStr;
+    let mut options = PgConnectOptions::from_str(url).map_err(err("postgres url"))?;
+    if let Some(schema) = schema {
+        if !schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(StoreError {
+                context: format!("postgres schema `{schema}`"),
+                source: sqlx::Error::Protocol(
+                    "schema names are letters, digits and underscores".into(),
+                ),
+            });
+        }
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(err(format!("connecting to {}", redact(url))))?;
+        sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&admin)
+            .await
+            .map_err(err("creating the schema"))?;
+        admin.close().await;
+        options = options.options([("search_path", schema)]);
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(connections)
+        .connect_with(options)
+        .await
+        .map_err(err(format!("connecting to {}", redact(url))))?;
+    Ok(pool)
 }
 
 /// `url` without its password or query (which may hold one), for messages.

@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod labels;
+pub mod moderation;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
