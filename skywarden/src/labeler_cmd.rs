@@ -156,6 +156,8 @@ pub async fn open_label_store(
 pub struct RunningLabeler {
     /// What the HTTP layer serves.
     pub api: LabelerApi,
+    /// The signing key.
+    pub key: Arc<LabelerKey>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -204,7 +206,7 @@ pub async fn start(
         tokio::spawn(run_label_sink(
             store.clone(),
             hub.clone(),
-            key,
+            key.clone(),
             LabelSinkConfig {
                 labeler_did: settings.did.clone(),
                 batch_size: 500,
@@ -215,6 +217,7 @@ pub async fn start(
     ];
     Ok(RunningLabeler {
         api: LabelerApi { hub, did_document },
+        key,
         tasks,
     })
 }

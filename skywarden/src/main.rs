@@ -2,6 +2,7 @@
 
 mod default_rules;
 mod labeler_cmd;
+mod moderation_cmd;
 mod rules_cmd;
 mod serve_cmd;
 mod simulate_cmd;

@@ -4,6 +4,7 @@
 
 use crate::default_rules;
 use crate::labeler_cmd::{LabelerArgs, LabelerFile, LabelerSettings};
+use crate::moderation_cmd::{ModerationArgs, ModerationFile, ModerationSettings};
 use clap::Args;
 use serde::Deserialize;
 use skywarden_engine::identity::{IdentityConfig, IdentityResolver};
@@ -95,6 +96,8 @@ pub struct ServeArgs {
     pub log_format: Option<String>,
     #[command(flatten)]
     pub labeler: LabelerArgs,
+    #[command(flatten)]
+    pub moderation: ModerationArgs,
 }
 
 /// Where HTTP listens unless told otherwise.
@@ -144,6 +147,8 @@ pub struct FileConfig {
     postgres_url: Option<String>,
     #[serde(default)]
     labeler: skywarden_labeler::service::Declaration,
+    #[serde(default)]
+    moderation: ModerationFile,
 }
 
 impl FileConfig {
@@ -188,6 +193,7 @@ pub struct Settings {
     /// `json` or `text`.
     pub log_format: String,
     labeler: LabelerSettings,
+    moderation: ModerationSettings,
 }
 
 #[derive(Debug)]
@@ -327,6 +333,9 @@ impl ServeArgs {
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.into());
         let labeler = self.labeler.settings(labeler_file, &listen)?;
+        let moderation = self
+            .moderation
+            .settings(std::mem::take(&mut file.moderation))?;
         Ok(Settings {
             data_dir: self
                 .data_dir
@@ -342,6 +351,7 @@ impl ServeArgs {
             watch_rules: self.watch_rules.or(file.watch_rules).unwrap_or(true),
             log_format,
             labeler,
+            moderation,
         })
     }
 }
@@ -400,6 +410,11 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         ),
         None => None,
     };
+    // Service auth resolves callers' DIDs even when enrichment does not.
+    let moderation_identity = match &identity {
+        Some(i) => i.clone(),
+        None => IdentityResolver::new(IdentityConfig::default()).map_err(|e| e.to_string())?,
+    };
     let engine = Engine::start(settings.engine, store.clone(), rules.clone(), identity)
         .await
         .map_err(|e| e.to_string())?;
@@ -427,6 +442,28 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     } else {
         None
     };
+    let moderation = if settings.moderation.enabled() {
+        let reload = rules.clone();
+        Some(
+            crate::moderation_cmd::start(
+                &settings.moderation,
+                crate::moderation_cmd::Wiring {
+                    data_dir: &settings.data_dir,
+                    effects: &store,
+                    labeler_settings: &settings.labeler,
+                    labeler: labeler.as_ref(),
+                    identity: moderation_identity,
+                    rules_dir: rules.dir().map(std::path::Path::to_path_buf),
+                    on_set_change: Arc::new(move || reload.request_reload()),
+                    effects_wake: engine.sinks_wake(),
+                    shutdown: sinks_stop_rx.clone(),
+                },
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
@@ -437,6 +474,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
             rules: rules.clone(),
             readiness: readiness.clone(),
             labeler: labeler.as_ref().map(|l| l.api.clone()),
+            moderation: moderation.as_ref().map(|m| m.service.clone()),
         };
         let mut stop = shutdown_rx.clone();
         tokio::spawn(skywarden_server::serve(listener, state, async move {
@@ -487,6 +525,9 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     if labeler.is_some() {
         cursors.push(skywarden_labeler::sink::CURSOR.into());
     }
+    if moderation.is_some() {
+        cursors.push(skywarden_moderation::sinks::ENGINE_CURSOR.into());
+    }
     // Each sink may take as long as it keeps moving; one that makes no progress for 10 s is
     // left behind (it resumes from its cursor at the next start).
     for name in &cursors {
@@ -518,6 +559,9 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     }
     if let Some(labeler) = labeler {
         labeler.join().await;
+    }
+    if let Some(moderation) = moderation {
+        moderation.join().await;
     }
     let _ = shutdown_tx.send(true);
     let _ = http.await;

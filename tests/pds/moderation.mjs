@@ -603,7 +603,8 @@ async function scenario() {
         reason: 'appealing for someone else',
         subject: account,
       }),
-      400,
+      // As Ozone: an appeal by another account is forbidden, not malformed.
+      403,
     )
   })
 

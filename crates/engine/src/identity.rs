@@ -151,6 +151,9 @@ pub struct Identity {
     pub pds_host: Option<String>,
     /// When the account was created, in microseconds since the Unix epoch (did:plc only).
     pub created_at: Option<i64>,
+    /// The account's atproto signing key (`did:key:…`, from the `#atproto` verification
+    /// method), which verifies its commits and its service-auth tokens.
+    pub signing_key: Option<String>,
 }
 
 /// The answer to a lookup.
@@ -743,6 +746,8 @@ struct DidDocument {
     also_known_as: Vec<serde_json::Value>,
     #[serde(default)]
     service: Vec<serde_json::Value>,
+    #[serde(default, rename = "verificationMethod")]
+    verification_method: Vec<serde_json::Value>,
 }
 
 /// Handle and PDS host from a DID document, which must be `did`'s.
@@ -773,10 +778,21 @@ fn parse_document(body: &[u8], did: &str) -> Result<Identity, FetchError> {
         .and_then(|s| s["serviceEndpoint"].as_str())
         .and_then(|endpoint| Url::parse(endpoint).ok())
         .and_then(|u| u.host_str().map(str::to_owned));
+    let signing_key = doc
+        .verification_method
+        .iter()
+        .find(|m| m["id"].as_str().is_some_and(|id| id.ends_with("#atproto")))
+        .and_then(|m| {
+            let kind = m["type"].as_str().unwrap_or("Multikey");
+            let multibase = m["publicKeyMultibase"].as_str()?;
+            skywarden_atproto::crypto::PublicKey::from_verification_method(kind, multibase).ok()
+        })
+        .map(|k| k.to_did_key());
     Ok(Identity {
         handle,
         pds_host,
         created_at: None,
+        signing_key,
     })
 }
 

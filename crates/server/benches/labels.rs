@@ -134,6 +134,7 @@ async fn run() {
                 hub: hub.clone(),
                 did_document: None,
             }),
+            moderation: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

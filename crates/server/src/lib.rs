@@ -1,6 +1,5 @@
-//! skywarden's HTTP surface: health, readiness and Prometheus metrics for operators, and the
-//! labeler's public XRPC. The moderation XRPC API and the console arrive with the moderation
-//! backend.
+//! skywarden's HTTP surface: health, readiness and Prometheus metrics for operators, the
+//! labeler's public XRPC, and the moderation XRPC API (Ozone's `tools.ozone.*`).
 //!
 //! | path | what |
 //! |---|---|
@@ -10,13 +9,16 @@
 //! | `GET /xrpc/com.atproto.label.subscribeLabels` | the label stream (WebSocket, CBOR frames) |
 //! | `GET /xrpc/com.atproto.label.queryLabels` | current labels by URI pattern |
 //! | `GET /.well-known/did.json` | the DID document of a did:web labeler |
+//! | `GET`/`POST /xrpc/{method}` | the moderation API (`createReport`, `tools.ozone.*`; see `docs/moderation.md`) |
 //!
-//! Every route here is read-only and public, as the protocol defines these; write endpoints
-//! (with authentication) come with the moderation API.
+//! The labeler's routes are read-only and public, as the protocol defines them; every
+//! moderation method is authenticated (service auth or the operator's password) and
+//! role-checked by `skywarden_moderation`.
 
 #![warn(missing_docs)]
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +28,7 @@ use skywarden_engine::rules::RulesSlot;
 use std::sync::{Arc, Mutex};
 
 pub mod labels;
+pub mod moderation;
 
 pub use labels::LabelerApi;
 
@@ -53,6 +56,8 @@ pub struct AppState {
     pub readiness: Arc<Mutex<Readiness>>,
     /// The labeler, when this process is one.
     pub labeler: Option<LabelerApi>,
+    /// The moderation API, when served.
+    pub moderation: Option<Arc<skywarden_moderation::service::Moderation>>,
 }
 
 /// The router.
@@ -70,6 +75,12 @@ pub fn router(state: AppState) -> Router {
             get(labels::query_labels),
         )
         .route("/.well-known/did.json", get(labels::did_document))
+        .route(
+            "/xrpc/{method}",
+            get(moderation::query)
+                .post(moderation::procedure)
+                .layer(DefaultBodyLimit::max(moderation::MAX_BODY_BYTES)),
+        )
         .fallback(not_found)
         .with_state(state)
 }
@@ -109,6 +120,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let mut registry = state.metrics.registry();
     if let Some(labeler) = &state.labeler {
         labeler.hub.metrics().register(&mut registry);
+    }
+    if let Some(m) = &state.moderation {
+        m.metrics().register(&mut registry);
     }
     let mut out = String::new();
     // Writing into a String cannot fail.

@@ -152,6 +152,8 @@ pub struct Transition {
 }
 
 /// What [`ModStore::emit`] did.
+// One value per emitted event, moved once: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Emitted {
     /// Appended; the subject's status after the event, if it has one.
