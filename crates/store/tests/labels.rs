@@ -1,6 +1,4 @@
-//! One test suite, run against both label stores: SQLite (in a temporary data directory) and
-//! Postgres (the server at `SKYWARDEN_TEST_POSTGRES`, default
-//! `postgres://postgres@127.0.0.1:5432/test`, in a schema of its own that is dropped after).
+//! One test suite, run against both label stores (see `common` for the harness).
 
 use skywarden_store::Store;
 use skywarden_store::labels::{
@@ -8,41 +6,16 @@ use skywarden_store::labels::{
     StoredLabel, UriPattern,
 };
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The server to test against; the machine's own is started if it is down
-/// (`tests/services/postgres.sh`).
-fn postgres_url() -> String {
-    if let Ok(url) = std::env::var("SKYWARDEN_TEST_POSTGRES") {
-        return url;
-    }
-    static STARTED: std::sync::Once = std::sync::Once::new();
-    STARTED.call_once(|| {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/services/postgres.sh");
-        let out = std::process::Command::new("bash").arg(&script).output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => panic!("{}", String::from_utf8_lossy(&o.stderr)),
-            Err(e) => panic!("cannot run {}: {e}", script.display()),
-        }
-    });
-    "postgres://postgres@127.0.0.1:5432/test".into()
-}
-
-static SCHEMAS: AtomicUsize = AtomicUsize::new(0);
+mod common;
 
 async fn with_postgres<F, Fut>(test: F)
 where
     F: FnOnce(Arc<dyn LabelStore>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let schema = format!(
-        "labels_test_{}_{}",
-        std::process::id(),
-        SCHEMAS.fetch_add(1, Ordering::Relaxed)
-    );
-    let url = postgres_url();
+    let schema = common::unique("labels_test");
+    let url = common::postgres_url();
     let store = PgLabelStore::connect(&url, Some(&schema))
         .await
         .unwrap_or_else(|e| {
@@ -50,12 +23,7 @@ where
         });
     test(Arc::new(store.clone())).await;
     store.close().await;
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    common::drop_schema(&url, &schema).await;
 }
 
 async fn with_sqlite<F, Fut>(test: F)
@@ -63,33 +31,13 @@ where
     F: FnOnce(Arc<dyn LabelStore>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let dir = std::env::temp_dir().join(format!(
-        "skywarden-labels-{}-{}",
-        std::process::id(),
-        SCHEMAS.fetch_add(1, Ordering::Relaxed)
-    ));
+    let dir = std::env::temp_dir().join(common::unique("skywarden-labels"));
     std::fs::create_dir_all(&dir).unwrap();
     let store = Store::open(&dir).await.unwrap();
     let labels = SqliteLabelStore::new(&store).await.unwrap();
     test(Arc::new(labels)).await;
     store.close().await;
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// Runs `$suite` on both backends, as two tests.
-macro_rules! both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::with_sqlite(super::$name).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::with_postgres(super::$name).await;
-            }
-        }
-    };
 }
 
 fn label(uri: &str, val: &str, neg: bool) -> StoredLabel {
