@@ -146,6 +146,11 @@ fn event_ref(event: &Event, unit: usize) -> serde_json::Value {
     {
         v["uri"] = op.uri(&event.did).into();
         v["action"] = op.action.as_str().into();
+        // The record as the rule saw it: evidence for moderators, even once it is deleted.
+        if let (Some(cid), Some(record)) = (&op.cid, &op.record) {
+            v["cid"] = cid.to_string().into();
+            v["record"] = record.to_json();
+        }
     }
     v
 }

@@ -124,6 +124,8 @@ pub struct AutomatedEvent {
     pub mod_tool: Value,
     /// De-duplicates re-runs (the effect's idempotency key).
     pub external_id: String,
+    /// The record the event is about, as seen (kept for `getRecord`).
+    pub record: Option<skywarden_store::moderation::RecordSnapshot>,
 }
 
 /// Parsed query parameters.
@@ -482,6 +484,9 @@ impl Moderation {
         e: &AutomatedEvent,
     ) -> Result<Option<ModEventRow>, XrpcError> {
         let parsed = event::parse(&e.event)?;
+        if let Some(r) = &e.record {
+            self.store.put_record(r).await?;
+        }
         let subject_json = view::subject(&e.subject);
         match self
             .append(

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use skywarden_atproto::label::Label;
 use skywarden_labeler::hub::LabelHub;
 use skywarden_labeler::key::LabelerKey;
-use skywarden_store::moderation::{ModEventRow, ModStore, SubjectRef};
+use skywarden_store::moderation::{ModEventRow, ModStore, RecordSnapshot, SubjectRef};
 use skywarden_store::{EffectRow, Store};
 use std::future::Future;
 use std::pin::Pin;
@@ -115,7 +115,23 @@ pub fn event_for_effect(row: &EffectRow) -> Result<Option<AutomatedEvent>, &'sta
             cid: None,
         }
     };
+    let ev = &action["event"];
+    let record = match (&subject.uri, ev["uri"].as_str(), ev["cid"].as_str()) {
+        (Some(uri), Some(seen), Some(cid)) if uri == seen && !ev["record"].is_null() => {
+            Some(RecordSnapshot {
+                uri: uri.clone(),
+                cid: cid.to_string(),
+                value: ev["record"].to_string(),
+                indexed_at: ev["time"]
+                    .as_str()
+                    .and_then(|t| crate::normalise_datetime("time", t).ok())
+                    .unwrap_or_else(|| crate::datetime_ms(row.logged_at)),
+            })
+        }
+        _ => None,
+    };
     Ok(Some(AutomatedEvent {
+        record,
         subject,
         event,
         mod_tool: json!({
