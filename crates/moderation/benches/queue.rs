@@ -309,20 +309,20 @@ async fn main() {
         (
             "one subject",
             "queryStatuses",
-            vec![("subject", did(500_001))],
+            vec![("subject", did(48_272))],
         ),
         (
             "an account and its records",
             "queryStatuses",
             vec![
-                ("subject", did(500_000)),
+                ("subject", did(48_272)),
                 ("includeAllUserRecords", "true".into()),
             ],
         ),
         (
             "events of a subject",
             "queryEvents",
-            vec![("subject", did(500_001))],
+            vec![("subject", did(48_272))],
         ),
         ("latest events", "queryEvents", vec![]),
         (

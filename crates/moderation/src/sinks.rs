@@ -455,12 +455,13 @@ fn http_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-/// Classifies an HTTP outcome: 2xx done; 429 and 5xx retried; other 4xx skipped (the PDS
-/// does not host the subject, or refuses it for good).
+/// Classifies an HTTP outcome: 2xx done; 401, 403 (a wrong or missing admin password: fixed
+/// by the operator, and no takedown may be lost meanwhile), 429 and 5xx retried; other 4xx
+/// skipped (the PDS does not host the subject, or refuses it for good).
 fn classify(result: reqwest::Result<reqwest::Response>, refused: &'static str) -> Delivery {
     match result {
         Ok(r) if r.status().is_success() => Delivery::Done,
-        Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
+        Ok(r) if matches!(r.status().as_u16(), 401 | 403 | 429) || r.status().is_server_error() => {
             Delivery::Retry(format!("HTTP {}", r.status()))
         }
         Ok(r) => {
