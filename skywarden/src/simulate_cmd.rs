@@ -6,6 +6,7 @@ use skywarden_ingest::{Format, RawFrame};
 use skywarden_sim::server::{ServeConfig, SimServer};
 use skywarden_sim::{Network, SimConfig};
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Flags of `skywarden simulate`.
@@ -31,6 +32,11 @@ pub struct SimulateArgs {
     /// fast as subscribers read.
     #[arg(long, default_value_t = 200)]
     pub rate: u64,
+    /// With --listen and a --rate: generate --events frames first, then release them at the
+    /// rate (each at its timestamp's distance from the first), so the rate is not bounded by
+    /// the generator. Prints the release offset (wall clock minus simulated time) once started.
+    #[arg(long)]
+    pub pregenerate: bool,
     /// Write the ground truth (abusive accounts, scenario, first frame) as JSON lines here.
     #[arg(long, value_name = "FILE")]
     pub truth: Option<PathBuf>,
@@ -119,6 +125,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), String> {
                     rate: args.rate,
                     events: args.events,
                     history: 2_000_000,
+                    pregenerate: args.pregenerate,
                 },
             );
             let listener = tokio::net::TcpListener::bind(listen)
@@ -127,6 +134,18 @@ pub async fn run(args: SimulateArgs) -> Result<(), String> {
             let local = listener.local_addr().map_err(|e| e.to_string())?;
             let (stop_tx, stop_rx) = watch::channel(false);
             tokio::spawn(server.clone().run(stop_rx));
+            if args.pregenerate {
+                let s = server.clone();
+                tokio::spawn(async move {
+                    loop {
+                        if let Some(offset) = s.release_offset_micros() {
+                            eprintln!("skywarden simulate: releasing; offset_micros={offset}");
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                });
+            }
             eprintln!(
                 "skywarden simulate: relay at ws://{local} (subscribeRepos), PLC at http://{local}; \
                  try: skywarden serve --relay ws://{local} --plc http://{local} --cursor 0"

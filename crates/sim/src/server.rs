@@ -32,6 +32,11 @@ pub struct ServeConfig {
     pub events: u64,
     /// Frames kept for replay.
     pub history: usize,
+    /// With a rate: generate `events` frames up front, then release them at the rate, each
+    /// at its own timestamp's distance from the first (so a consumer can tell, from a record's
+    /// TID, when its frame went out: see [`SimServer::release_offset_micros`]). Generation
+    /// costs nothing while serving, so the rate is not bounded by the generator.
+    pub pregenerate: bool,
 }
 
 struct History {
@@ -46,13 +51,24 @@ pub struct SimServer {
     history: RwLock<History>,
     grew: Notify,
     config: ServeConfig,
+    /// Pregenerated frames not released yet: `(seq, simulated time, bytes)`.
+    pending: Mutex<VecDeque<(i64, i64, Bytes)>>,
+    /// Wall clock minus simulated time of released frames (µs), once releasing started.
+    offset: std::sync::atomic::AtomicI64,
 }
 
 impl SimServer {
     /// A server over `network`. With `rate = 0` the frames are generated here.
     pub fn new(mut network: Network, config: ServeConfig) -> Arc<SimServer> {
         let mut frames = VecDeque::new();
+        let mut pending = VecDeque::new();
         let mut base = network.seq() + 1;
+        if config.rate > 0 && config.pregenerate {
+            for _ in 0..config.events {
+                let f = network.next_frame();
+                pending.push_back((f.seq, f.time_micros, Bytes::from(f.bytes)));
+            }
+        }
         if config.rate == 0 {
             for _ in 0..config.events {
                 let f = network.next_frame();
@@ -71,7 +87,78 @@ impl SimServer {
             history: RwLock::new(History { base, frames }),
             grew: Notify::new(),
             config,
+            pending: Mutex::new(pending),
+            offset: std::sync::atomic::AtomicI64::new(i64::MIN),
         })
+    }
+
+    /// With `pregenerate`: wall-clock time minus simulated time of the frames released (µs);
+    /// `None` before releasing starts. A frame with simulated time `t` went out at `t + offset`.
+    pub fn release_offset_micros(&self) -> Option<i64> {
+        let o = self.offset.load(std::sync::atomic::Ordering::Acquire);
+        (o != i64::MIN).then_some(o)
+    }
+
+    fn push(&self, batch: Vec<(i64, Bytes)>) {
+        {
+            let mut h = self.history.write().expect("history lock");
+            for (seq, bytes) in batch {
+                if h.frames.is_empty() {
+                    h.base = seq;
+                }
+                h.frames.push_back(bytes);
+                if h.frames.len() > self.config.history.max(1) {
+                    h.frames.pop_front();
+                    h.base += 1;
+                }
+            }
+        }
+        self.grew.notify_waiters();
+    }
+
+    /// Releases pregenerated frames when their time comes, until none are left.
+    async fn release(&self, mut shutdown: watch::Receiver<bool>) {
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64)
+        };
+        let Some(first) = self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .front()
+            .map(|f| f.1)
+        else {
+            return;
+        };
+        let offset = now() - first;
+        self.offset
+            .store(offset, std::sync::atomic::Ordering::Release);
+        let mut interval = tokio::time::interval(Duration::from_millis(2));
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let due = now() - offset;
+            let batch: Vec<(i64, Bytes)> = {
+                let mut p = self.pending.lock().expect("pending lock");
+                let mut out = Vec::new();
+                while p.front().is_some_and(|f| f.1 <= due) {
+                    let (seq, _, bytes) = p.pop_front().expect("front checked");
+                    out.push((seq, bytes));
+                }
+                out
+            };
+            let done = self.pending.lock().expect("pending lock").is_empty();
+            if !batch.is_empty() {
+                self.push(batch);
+            }
+            if done {
+                return;
+            }
+        }
     }
 
     /// The ground truth of what was generated so far.
@@ -89,6 +176,9 @@ impl SimServer {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         if self.config.rate == 0 {
             return;
+        }
+        if self.config.pregenerate {
+            return self.release(shutdown).await;
         }
         let tick = Duration::from_millis(10);
         let per_tick = (self.config.rate as f64 / 100.0).max(0.0);
@@ -115,20 +205,7 @@ impl SimServer {
                     })
                     .collect()
             };
-            {
-                let mut h = self.history.write().expect("history lock");
-                for (seq, bytes) in batch {
-                    if h.frames.is_empty() {
-                        h.base = seq;
-                    }
-                    h.frames.push_back(bytes);
-                    if h.frames.len() > self.config.history.max(1) {
-                        h.frames.pop_front();
-                        h.base += 1;
-                    }
-                }
-            }
-            self.grew.notify_waiters();
+            self.push(batch);
             made += n;
             if self.config.events > 0 && made >= self.config.events {
                 return;

@@ -48,6 +48,7 @@ async fn served_frames_decode_and_verify_in_the_firehose_source() {
             rate: 0,
             events: EVENTS,
             history: 1 << 20,
+            pregenerate: false,
         },
     );
     let truth = server.truth();
@@ -126,4 +127,47 @@ async fn served_frames_decode_and_verify_in_the_firehose_source() {
     for t in &truth {
         assert!(t.first_seq >= 1 && t.first_seq <= server.head(), "{t:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pregenerated_frames_are_released_at_the_rate() {
+    // 1,500 frames at 3,000 events/s (an event with a new account brings several frames, all
+    // at one instant): releases spread over the simulated span, whatever the generator's speed.
+    let rate = 3_000;
+    let network = Network::new(SimConfig {
+        step_micros: 1_000_000 / rate as i64,
+        ..config()
+    });
+    let server = SimServer::new(
+        network,
+        ServeConfig {
+            rate,
+            events: 1_500,
+            history: 1 << 20,
+            pregenerate: true,
+        },
+    );
+    assert_eq!(
+        server.head(),
+        0,
+        "nothing is released before the server runs"
+    );
+    assert_eq!(server.release_offset_micros(), None);
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let started = std::time::Instant::now();
+    let task = tokio::spawn(server.clone().run(stop_rx));
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let early = server.head();
+    assert!(server.release_offset_micros().is_some());
+    task.await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        early > 0 && early < 1_500,
+        "released gradually: {early} after 150 ms"
+    );
+    assert!(server.head() >= 1_500, "all released: {}", server.head());
+    assert!(
+        took >= std::time::Duration::from_millis(150),
+        "released too fast: {took:?}"
+    );
 }

@@ -34,6 +34,7 @@ async fn simulated_frames_verify_in_atproto_repo() {
             rate: 0,
             events: 4000,
             history: 1 << 20,
+            pregenerate: false,
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
