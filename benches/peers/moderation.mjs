@@ -54,12 +54,6 @@ function die(message) {
   process.exit(1)
 }
 
-const mode = process.argv[2]
-if (mode === 'ozone-host') await ozoneHost()
-else if (mode === 'run') await run()
-else if (mode === 'report') report()
-else die('usage: moderation.mjs ozone-host|run|report … (see the header of this file)')
-
 // ---------------------------------------------------------------------------------------------
 // Ozone, as dev-env starts it
 
@@ -517,3 +511,11 @@ function report() {
   if (jsonOut) fs.writeFileSync(jsonOut, JSON.stringify(merged, null, 1))
   console.log(JSON.stringify(merged))
 }
+
+// ---------------------------------------------------------------------------------------------
+
+const mode = process.argv[2]
+if (mode === 'ozone-host') await ozoneHost()
+else if (mode === 'run') await run()
+else if (mode === 'report') report()
+else die('usage: moderation.mjs ozone-host|run|report … (see the header of this file)')

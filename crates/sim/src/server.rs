@@ -32,8 +32,9 @@ pub struct ServeConfig {
     pub events: u64,
     /// Frames kept for replay.
     pub history: usize,
-    /// With a rate: generate `events` frames up front, then release them at the rate, each
-    /// at its own timestamp's distance from the first (so a consumer can tell, from a record's
+    /// With a rate: generate `events` frames up front, then, once the first subscriber
+    /// connects, release them at the rate, each at its own timestamp's distance from the
+    /// first (so a consumer can tell, from a record's
     /// TID, when its frame went out: see [`SimServer::release_offset_micros`]). Generation
     /// costs nothing while serving, so the rate is not bounded by the generator.
     pub pregenerate: bool,
@@ -55,6 +56,8 @@ pub struct SimServer {
     pending: Mutex<VecDeque<(i64, i64, Bytes)>>,
     /// Wall clock minus simulated time of released frames (µs), once releasing started.
     offset: std::sync::atomic::AtomicI64,
+    /// Signalled when a subscriber connects (pregenerated frames wait for the first).
+    subscribed: watch::Sender<bool>,
 }
 
 impl SimServer {
@@ -89,6 +92,7 @@ impl SimServer {
             config,
             pending: Mutex::new(pending),
             offset: std::sync::atomic::AtomicI64::new(i64::MIN),
+            subscribed: watch::channel(false).0,
         })
     }
 
@@ -116,8 +120,14 @@ impl SimServer {
         self.grew.notify_waiters();
     }
 
-    /// Releases pregenerated frames when their time comes, until none are left.
+    /// Releases pregenerated frames when their time comes, from the first subscriber's
+    /// arrival until none are left.
     async fn release(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut subscribed = self.subscribed.subscribe();
+        tokio::select! {
+            _ = subscribed.wait_for(|s| *s) => {}
+            _ = shutdown.changed() => return,
+        }
         let now = || {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -282,6 +292,7 @@ async fn subscribe(
 }
 
 async fn stream(socket: WebSocket, s: Arc<SimServer>, cursor: Option<i64>) {
+    s.subscribed.send_replace(true);
     let (mut tx, mut rx) = socket.split();
     let head = s.head();
     let (base, _) = {

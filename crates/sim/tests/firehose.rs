@@ -132,7 +132,8 @@ async fn served_frames_decode_and_verify_in_the_firehose_source() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pregenerated_frames_are_released_at_the_rate() {
     // 1,500 frames at 3,000 events/s (an event with a new account brings several frames, all
-    // at one instant): releases spread over the simulated span, whatever the generator's speed.
+    // at one instant): releases spread over the simulated span, whatever the generator's
+    // speed, from the first subscriber on.
     let rate = 3_000;
     let network = Network::new(SimConfig {
         step_micros: 1_000_000 / rate as i64,
@@ -147,23 +148,41 @@ async fn pregenerated_frames_are_released_at_the_rate() {
             pregenerate: true,
         },
     );
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(server.clone().run(stop_rx));
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert_eq!(
         server.head(),
         0,
-        "nothing is released before the server runs"
+        "nothing is released before a subscriber comes"
     );
     assert_eq!(server.release_offset_micros(), None);
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = server.router();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut source = Source::firehose(
+        &format!("ws://{addr}"),
+        WsSettings::default(),
+        SourceConfig {
+            cursor: Some(0),
+            ..SourceConfig::default()
+        },
+    )
+    .unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), source.next_event())
+        .await
+        .expect("a frame once subscribed")
+        .unwrap();
     let started = std::time::Instant::now();
-    let task = tokio::spawn(server.clone().run(stop_rx));
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-    let early = server.head();
+    assert!(first.is_some());
     assert!(server.release_offset_micros().is_some());
+    let early = server.head();
     task.await.unwrap();
     let took = started.elapsed();
     assert!(
         early > 0 && early < 1_500,
-        "released gradually: {early} after 150 ms"
+        "released gradually: {early} at the start"
     );
     assert!(server.head() >= 1_500, "all released: {}", server.head());
     assert!(
