@@ -1,14 +1,15 @@
 // Side-by-side benchmark of the Ozone moderation API: skywarden's and the real @atproto/ozone,
 // driven by this one client over HTTP (node:http, keep-alive, admin Basic auth). Three modes:
 //
-//   node benches/peers/moderation.mjs ozone-host --db URL --ready FILE
+//   node benches/peers/moderation.mjs ozone-host --db URL --ready FILE [--subjects N] [--seed S]
 //       Starts a real Ozone through @atproto/dev-env's TestNetwork (PLC, PDS, AppView, Ozone and
 //       its daemon, one Node process, every server on 127.0.0.1) on the Postgres database URL
-//       (schemas ozone_bench and appview_bench), writes {"url","password","did"} to FILE once it
-//       serves, and runs until SIGTERM/SIGINT.
+//       (schemas ozone_bench and appview_bench), registers the workload's subjects as AppView
+//       actors, writes {"url","password","did"} to FILE once it serves, and runs until
+//       SIGTERM/SIGINT.
 //
 //   node benches/peers/moderation.mjs run --system NAME --service URL --password PW --out FILE
-//       [--subjects 10000] [--events 50000] [--serial 10000] [--callers 8] [--requests 200]
+//       [--subjects 4000] [--events 20000] [--serial 4000] [--callers 8] [--requests 200]
 //       [--warmup 20] [--seed 7]
 //       Loads the workload through emitEvent (the first --serial events with one caller, the
 //       rest with --callers concurrent callers), then measures queryStatuses/queryEvents latency
@@ -21,13 +22,14 @@
 //       stdout.
 //
 // The workload: SUBJECTS accounts (com.atproto.admin.defs#repoRef, did:plc: + 24 base32
-// characters) and EVENTS events. The first SUBJECTS events touch every subject once (in a
-// shuffled order), the rest pick subjects with a skew (a few subjects get many events). Types,
-// by weight: report 40 (#reasonSpam, from one of 100 reporter DIDs), acknowledge 12, escalate
-// 10, comment 13, tag 14 (add `spam-wave` 30 % of them, add `needs-review` 40 %, remove
-// `needs-review` 30 %), label 8 (createLabelVals ['spam']), takedown 3 (a takedown of a subject
-// already taken down becomes a comment). Events of one subject are always sent in order, one at
-// a time, also with concurrent callers.
+// characters) and EVENTS events. New subjects arrive evenly over the stream (one every
+// EVENTS/SUBJECTS events); the other events pick a subject already seen, with a skew (a few
+// subjects get many events). Types, by weight: report 40 (#reasonSpam, from one of 100 reporter
+// DIDs; on a taken-down subject, one in five is instead its appeal, #reasonAppeal by the subject
+// itself), acknowledge 12, escalate 10, comment 13, tag 14 (add `spam-wave` 30 % of them, add
+// `needs-review` 40 %, remove `needs-review` 30 %), label 8 (createLabelVals ['spam']),
+// takedown 3 (a takedown of a subject already taken down becomes a comment). Events of one
+// subject are always sent in order, one at a time, also with concurrent callers.
 
 import { createRequire } from 'node:module'
 import http from 'node:http'
@@ -71,6 +73,20 @@ async function ozoneHost() {
   const started = Date.now()
   const network = await dev.TestNetwork.create({ dbPostgresUrl: db, dbPostgresSchema: 'bench' })
   const url = network.ozone.url.replace('//localhost:', '//127.0.0.1:')
+  // The AppView knows the subject accounts (as it would once their PDS has created them; they
+  // have no posts). Ozone asks the AppView for a new subject's posts to tag its languages
+  // (`lang:und` when it has none); for an account the AppView does not know, that call fails,
+  // no tag is set, and Ozone repeats the call on every later event of the subject.
+  const { subjects } = workload(Number(arg('--subjects', '4000')), 0, Number(arg('--seed', '7')))
+  const pg = require('pg')
+  const sql = new pg.Client({ connectionString: db })
+  await sql.connect()
+  await sql.query(
+    `INSERT INTO appview_bench.actor (did, handle, "indexedAt")
+     SELECT did, 'subject' || n || '.bench.test', $2 FROM unnest($1::text[]) WITH ORDINALITY AS t(did, n)`,
+    [subjects, new Date().toISOString()],
+  )
+  await sql.end()
   log(`ozone up at ${url} in ${((Date.now() - started) / 1000).toFixed(1)} s`)
   let closing = false
   const close = async () => {
@@ -182,16 +198,27 @@ function workload(subjectCount, eventCount, seed) {
   const takendown = new Uint8Array(subjectCount)
   const events = []
   const counts = {}
+  let introduced = 0
   for (let k = 0; k < eventCount; k++) {
-    const s = k < subjectCount ? order[k] : Math.floor(subjectCount * rand() ** 3)
+    // New subjects arrive evenly over the stream; the others are picked among those already
+    // seen, the earliest ones more often.
+    const due = Math.ceil(((k + 1) * subjectCount) / eventCount)
+    const s = introduced < due ? order[introduced++] : order[Math.floor(introduced * rand() ** 3)]
     let type = pick()
     if (type === 'takedown' && takendown[s]) type = 'comment'
     let event
     let createdBy = moderator
     switch (type) {
       case 'report':
-        event = { $type: `${DEFS}#modEventReport`, reportType: 'com.atproto.moderation.defs#reasonSpam', comment: `spam wave ${k}` }
-        createdBy = reporters[k % reporters.length]
+        if (takendown[s] && rand() < 0.2) {
+          // A taken-down account appeals (an appeal is a report by the subject itself).
+          type = 'appeal'
+          event = { $type: `${DEFS}#modEventReport`, reportType: 'com.atproto.moderation.defs#reasonAppeal', comment: `please restore ${k}` }
+          createdBy = subjects[s]
+        } else {
+          event = { $type: `${DEFS}#modEventReport`, reportType: 'com.atproto.moderation.defs#reasonSpam', comment: `spam wave ${k}` }
+          createdBy = reporters[k % reporters.length]
+        }
         break
       case 'acknowledge':
         event = { $type: `${DEFS}#modEventAcknowledge`, comment: `checked ${k}` }
@@ -291,9 +318,9 @@ async function run() {
   const password = arg('--password')
   const out = arg('--out')
   if (!system || !service || !password || !out) die('run needs --system --service --password --out')
-  const subjectCount = Number(arg('--subjects', '10000'))
-  const eventCount = Number(arg('--events', '50000'))
-  const serial = Math.min(eventCount, Number(arg('--serial', '10000')))
+  const subjectCount = Number(arg('--subjects', '4000'))
+  const eventCount = Number(arg('--events', '20000'))
+  const serial = Math.min(eventCount, Number(arg('--serial', '4000')))
   const callers = Number(arg('--callers', '8'))
   const requests = Number(arg('--requests', '200'))
   const warmup = Number(arg('--warmup', '20'))
@@ -375,9 +402,9 @@ async function run() {
   for (let page = 0; page < 10; page++) {
     const res = await call('GET', QS, cursor ? { ...open, cursor } : open)
     if (res.status !== 200) die(`${system}: queryStatuses (paging): ${res.status} ${res.body.slice(0, 300)}`)
-    const next = JSON.parse(res.body).cursor
-    if (!next) break
-    cursor = next
+    const body = JSON.parse(res.body)
+    if (!body.cursor || body.subjectStatuses.length < open.limit) break
+    cursor = body.cursor
     depth++
   }
 
