@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 from harness import BIN, ROOT, cpu_seconds, free_port, metrics, wait_port
 
