@@ -16,6 +16,16 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Kills the child when dropped, so a failing assertion leaves no server behind.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn skywarden() -> Command {
     Command::new(env!("CARGO_BIN_EXE_skywarden"))
 }
@@ -181,7 +191,7 @@ comment = "links to a watched domain"
     let plc = plc_directory(docs);
 
     let sim_port = free_port();
-    let mut sim = skywarden()
+    let _sim = skywarden()
         .args([
             "simulate",
             "--accounts",
@@ -194,10 +204,11 @@ comment = "links to a watched domain"
         .arg(format!("127.0.0.1:{sim_port}"))
         .stderr(Stdio::null())
         .spawn()
+        .map(Running)
         .unwrap();
     let port = free_port();
     let log = std::fs::File::create(work.join("serve.log")).unwrap();
-    let mut serve = skywarden()
+    let _serve = skywarden()
         .arg("serve")
         .arg("--relay")
         .arg(format!("ws://127.0.0.1:{sim_port}"))
@@ -216,6 +227,7 @@ comment = "links to a watched domain"
         .env("SKYWARDEN_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .stderr(log)
         .spawn()
+        .map(Running)
         .unwrap();
     let started = Instant::now();
     while http(port, "GET", "/xrpc/_health", None, None).0 != 200 {
@@ -299,13 +311,35 @@ comment = "links to a watched domain"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Team and set changes are in the audit trail, with who made them.
+    let db = work.join("data/skywarden.db");
+    let trail: Vec<(String, String)> = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
+            .await
+            .unwrap();
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT actor, method FROM mod_audit ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        pool.close().await;
+        rows
+    });
+    assert!(
+        trail
+            .iter()
+            .filter(|(a, m)| a == SERVICE_DID && m == "tools.ozone.team.addMember")
+            .count()
+            >= 2,
+        "{trail:?}"
+    );
+    assert!(
+        trail.iter().any(|(_, m)| m == "tools.ozone.set.addValues"),
+        "{trail:?}"
+    );
     // The admin password is never logged.
     let serve_log = std::fs::read_to_string(work.join("serve.log")).unwrap_or_default();
     assert!(!serve_log.contains(ADMIN_PASSWORD));
 
-    let _ = serve.kill();
-    let _ = sim.kill();
-    let _ = serve.wait();
-    let _ = sim.wait();
     let _ = std::fs::remove_dir_all(&work);
 }

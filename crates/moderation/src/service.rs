@@ -372,7 +372,9 @@ impl Moderation {
             | "tools.ozone.team.updateMember"
             | "tools.ozone.team.deleteMember" => {
                 require(&caller, Role::Admin)?;
-                self.team_write(&caller, method, &body).await
+                let out = self.team_write(&caller, method, &body).await?;
+                self.audit(&caller, method, &body).await?;
+                Ok(out)
             }
             "tools.ozone.set.getValues" | "tools.ozone.set.querySets" => {
                 require(&caller, Role::Triage)?;
@@ -380,9 +382,25 @@ impl Moderation {
             }
             _ => {
                 require(&caller, Role::Moderator)?;
-                self.set_write(method, &body).await
+                let out = self.set_write(method, &body).await?;
+                self.audit(&caller, method, &body).await?;
+                Ok(out)
             }
         }
+    }
+
+    /// Records a change that is not a moderation event (team, sets) in the audit trail.
+    async fn audit(&self, caller: &Caller, method: &str, input: &Value) -> Result<(), XrpcError> {
+        self.store
+            .audit(&skywarden_store::moderation::AuditEntry {
+                id: 0,
+                at: datetime_ms(now_micros()),
+                actor: caller.did.clone(),
+                method: method.to_string(),
+                input: input.to_string(),
+            })
+            .await?;
+        Ok(())
     }
 
     /// Authenticates a caller of `lxm`.

@@ -1,5 +1,6 @@
 //! The moderation store: the moderation event log, subject statuses (the queue), the team,
-//! evidence snapshots of records, and the cursors of moderation-event sinks.
+//! evidence snapshots of records, the cursors of moderation-event sinks, and the audit trail
+//! of changes that are not events (the team, sets).
 //!
 //! The event log is append-only and is the audit trail: every mutation a moderator, an
 //! operator or the engine makes is one row saying who and when. A subject's status is derived
@@ -359,6 +360,21 @@ pub struct RecordSnapshot {
     pub indexed_at: String,
 }
 
+/// One entry of the audit trail of changes that are not moderation events (team and sets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Position (0 before appending).
+    pub id: i64,
+    /// When (stored datetime form).
+    pub at: String,
+    /// Who (a DID).
+    pub actor: String,
+    /// The method called (`tools.ozone.team.addMember`, ...).
+    pub method: String,
+    /// The request, as JSON.
+    pub input: String,
+}
+
 /// Persistence of moderation. Implemented by [`SqliteModStore`] and [`PgModStore`].
 pub trait ModStore: Send + Sync + std::fmt::Debug {
     /// Appends `event` and writes the status `transition` computes from the subject's current
@@ -396,6 +412,10 @@ pub trait ModStore: Send + Sync + std::fmt::Debug {
     fn cursor<'a>(&'a self, name: &'a str) -> StoreFuture<'a, i64>;
     /// Moves a sink's cursor.
     fn set_cursor<'a>(&'a self, name: &'a str, value: i64) -> StoreFuture<'a, ()>;
+    /// Appends to the audit trail of team and set changes.
+    fn audit<'a>(&'a self, entry: &'a AuditEntry) -> StoreFuture<'a, ()>;
+    /// Up to `limit` audit entries with `id > after`, in order.
+    fn audit_after(&self, after: i64, limit: u32) -> StoreFuture<'_, Vec<AuditEntry>>;
 }
 
 /// A value bound to a `$n` placeholder of a dynamically built query.
@@ -599,13 +619,12 @@ fn status_filter(q: &StatusQuery) -> Filter {
             StatusSort::PriorityScore => Bind::Int(after.value.parse().unwrap_or(0)),
             _ => Bind::Text(after.value.clone()),
         };
-        let v1 = f.bind(value.clone());
-        let v2 = f.bind(value);
+        let v = f.bind(value);
         let id = f.bind(Bind::Int(after.id));
         let op = if q.descending { "<" } else { ">" };
-        f.push(format!(
-            "({column} {op} {v1} OR ({column} = {v2} AND id {op} {id}))"
-        ));
+        // A row comparison, not `col < v OR (col = v AND id < n)`: planners turn it into one
+        // index range (Postgres would otherwise scan the whole state and filter).
+        f.push(format!("({column}, id) {op} ({v}, {id})"));
     }
     f
 }
@@ -810,6 +829,13 @@ CREATE TABLE IF NOT EXISTS mod_records (
     cid TEXT NOT NULL,
     value TEXT NOT NULL,
     indexed_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mod_audit (
+    id {id},
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    method TEXT NOT NULL,
+    input TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS mod_cursors (
     name TEXT PRIMARY KEY,
@@ -1275,6 +1301,43 @@ macro_rules! mod_store {
                         .await
                         .map_err(err("reading a moderation sink cursor"))?
                         .map_or(0, |r| r.get::<i64, _>(0)))
+                })
+            }
+
+            fn audit<'a>(&'a self, entry: &'a AuditEntry) -> StoreFuture<'a, ()> {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO mod_audit (at, actor, method, input) VALUES ($1, $2, $3, $4)")
+                        .bind(&entry.at)
+                        .bind(&entry.actor)
+                        .bind(&entry.method)
+                        .bind(&entry.input)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(err("appending to the audit trail"))?;
+                    Ok(())
+                })
+            }
+
+            fn audit_after(&self, after: i64, limit: u32) -> StoreFuture<'_, Vec<AuditEntry>> {
+                Box::pin(async move {
+                    let rows = sqlx::query(
+                        "SELECT id, at, actor, method, input FROM mod_audit WHERE id > $1 ORDER BY id LIMIT $2",
+                    )
+                    .bind(after)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(err("reading the audit trail"))?;
+                    Ok(rows
+                        .iter()
+                        .map(|r| AuditEntry {
+                            id: r.get(0),
+                            at: r.get(1),
+                            actor: r.get(2),
+                            method: r.get(3),
+                            input: r.get(4),
+                        })
+                        .collect())
                 })
             }
 

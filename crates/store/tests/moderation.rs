@@ -4,8 +4,9 @@
 
 use skywarden_store::Store;
 use skywarden_store::moderation::{
-    Emitted, EventQuery, Member, ModStore, NewModEvent, PgModStore, RecordSnapshot, SqliteModStore,
-    StatusQuery, StatusSort, SubjectKind, SubjectRef, SubjectStatus, Transition, review,
+    AuditEntry, Emitted, EventQuery, Member, ModStore, NewModEvent, PgModStore, RecordSnapshot,
+    SqliteModStore, StatusQuery, StatusSort, SubjectKind, SubjectRef, SubjectStatus, Transition,
+    review,
 };
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -703,6 +704,23 @@ async fn team_records_and_cursors(store: Arc<dyn ModStore>) {
     store.put_record(&r2).await.unwrap();
     assert_eq!(store.record(&r.uri).await.unwrap(), Some(r2));
     assert_eq!(store.record("at://x/y/z").await.unwrap(), None);
+
+    for method in ["tools.ozone.team.addMember", "tools.ozone.set.addValues"] {
+        store
+            .audit(&AuditEntry {
+                id: 0,
+                at: at(1),
+                actor: "did:plc:admin".into(),
+                method: method.into(),
+                input: "{}".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let trail = store.audit_after(0, 10).await.unwrap();
+    assert_eq!(trail.len(), 2);
+    assert_eq!(trail[1].method, "tools.ozone.set.addValues");
+    assert_eq!(store.audit_after(trail[0].id, 10).await.unwrap().len(), 1);
 
     assert_eq!(store.cursor("pds").await.unwrap(), 0);
     store.set_cursor("pds", 42).await.unwrap();
