@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Frame-in to label-out latency: `skywarden serve` (default ruleset, SQLite, the labeler on)
+"""Frame-in to label-out latency: `skywarden serve` (the default ruleset plus one rule that
+labels every reply, so labels flow steadily; SQLite; the labeler on)
 consuming the simulator's firehose over loopback at a fixed rate, with a subscriber on its
 `subscribeLabels` measuring when each record label arrives against when the frame that
 caused it left the simulator.
@@ -26,6 +27,18 @@ import time
 from harness import BIN, ROOT, cpu_seconds, free_port, metrics, wait_port
 
 
+BENCH_RULE = """
+[[rule]]
+name = "bench-label-replies"
+description = "Labels every reply: a steady stream of record labels to time."
+on = ["create:post"]
+when = "record.post.is_reply"
+
+[[rule.action]]
+label = "reply"
+"""
+
+
 def metric(text, name):
     total = 0.0
     for line in text.splitlines():
@@ -42,6 +55,10 @@ def main():
     args = ap.parse_args()
     subprocess.run(["bash", os.path.join(ROOT, "tests/pds/install.sh")], check=True, stdout=subprocess.DEVNULL)
     work = tempfile.mkdtemp(prefix="skywarden-labels-bench-")
+    rules = os.path.join(work, "rules")
+    shutil.copytree(os.path.join(ROOT, "rules"), rules)
+    with open(os.path.join(rules, "bench-label-replies.toml"), "w") as f:
+        f.write(BENCH_RULE)
     sim_port, http_port = free_port(), free_port()
     events = args.rate * (args.seconds + 5)
     sim_log = open(os.path.join(work, "sim.log"), "w+")
@@ -56,7 +73,7 @@ def main():
         wait_port(sim_port, 600)
         serve = subprocess.Popen(
             [BIN, "serve", "--relay", f"ws://127.0.0.1:{sim_port}", "--plc", f"http://127.0.0.1:{sim_port}",
-             "--cursor", "0", "--listen", f"127.0.0.1:{http_port}", "--data-dir", os.path.join(work, "data"),
+             "--cursor", "0", "--rules", rules, "--listen", f"127.0.0.1:{http_port}", "--data-dir", os.path.join(work, "data"),
              "--log-format", "text"],
             stderr=open(os.path.join(work, "serve.log"), "w"),
         )
