@@ -85,6 +85,8 @@ pub async fn run_webhook_sink(
         if *shutdown.borrow() {
             return;
         }
+        // Registered before the pass: the engine's `notify_waiters` during it is not lost.
+        let notified = wake.notified();
         let idle = match deliver_next(&store, &config, &webhook, &cursor_name, &metrics).await {
             Ok(more) => {
                 failures = 0;
@@ -104,7 +106,7 @@ pub async fn run_webhook_sink(
         };
         if idle {
             tokio::select! {
-                _ = wake.notified() => {}
+                _ = notified => {}
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 _ = shutdown.changed() => {}
             }

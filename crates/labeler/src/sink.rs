@@ -138,6 +138,9 @@ pub async fn run_label_sink(
         if *shutdown.borrow() {
             return;
         }
+        // Registered before the pass: the engine's `notify_waiters` during it is not lost
+        // (which would leave new labels waiting for the one-second poll).
+        let notified = wake.notified();
         match pass(&effects, &hub, &key, &config).await {
             Ok(true) => {
                 failures = 0;
@@ -157,7 +160,7 @@ pub async fn run_label_sink(
             }
         }
         tokio::select! {
-            _ = wake.notified() => {}
+            _ = notified => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.changed() => {}
         }
