@@ -69,26 +69,39 @@ pub enum Input {
     Body(Value),
 }
 
-/// The methods served, with whether each is a procedure (POST).
-pub const METHODS: &[(&str, bool)] = &[
-    ("com.atproto.moderation.createReport", true),
-    ("tools.ozone.moderation.emitEvent", true),
-    ("tools.ozone.moderation.queryStatuses", false),
-    ("tools.ozone.moderation.queryEvents", false),
-    ("tools.ozone.moderation.getEvent", false),
-    ("tools.ozone.moderation.getRepo", false),
-    ("tools.ozone.moderation.getRecord", false),
-    ("tools.ozone.server.getConfig", false),
-    ("tools.ozone.team.addMember", true),
-    ("tools.ozone.team.updateMember", true),
-    ("tools.ozone.team.deleteMember", true),
-    ("tools.ozone.team.listMembers", false),
-    ("tools.ozone.set.upsertSet", true),
-    ("tools.ozone.set.addValues", true),
-    ("tools.ozone.set.deleteValues", true),
-    ("tools.ozone.set.deleteSet", true),
-    ("tools.ozone.set.getValues", false),
-    ("tools.ozone.set.querySets", false),
+/// The methods served: whether each is a procedure (POST), and the least role that may call it
+/// (`None`: any authenticated caller). `emitEvent` also checks the role its event type needs.
+pub const METHODS: &[(&str, bool, Option<Role>)] = &[
+    ("com.atproto.moderation.createReport", true, None),
+    ("tools.ozone.moderation.emitEvent", true, Some(Role::Triage)),
+    (
+        "tools.ozone.moderation.queryStatuses",
+        false,
+        Some(Role::Triage),
+    ),
+    (
+        "tools.ozone.moderation.queryEvents",
+        false,
+        Some(Role::Triage),
+    ),
+    ("tools.ozone.moderation.getEvent", false, Some(Role::Triage)),
+    ("tools.ozone.moderation.getRepo", false, Some(Role::Triage)),
+    (
+        "tools.ozone.moderation.getRecord",
+        false,
+        Some(Role::Triage),
+    ),
+    ("tools.ozone.server.getConfig", false, Some(Role::Verifier)),
+    ("tools.ozone.team.addMember", true, Some(Role::Admin)),
+    ("tools.ozone.team.updateMember", true, Some(Role::Admin)),
+    ("tools.ozone.team.deleteMember", true, Some(Role::Admin)),
+    ("tools.ozone.team.listMembers", false, Some(Role::Triage)),
+    ("tools.ozone.set.upsertSet", true, Some(Role::Moderator)),
+    ("tools.ozone.set.addValues", true, Some(Role::Moderator)),
+    ("tools.ozone.set.deleteValues", true, Some(Role::Moderator)),
+    ("tools.ozone.set.deleteSet", true, Some(Role::Moderator)),
+    ("tools.ozone.set.getValues", false, Some(Role::Triage)),
+    ("tools.ozone.set.querySets", false, Some(Role::Triage)),
 ];
 
 /// The moderation service.
@@ -290,7 +303,10 @@ impl Moderation {
 
     /// Whether `method` is served, and whether it is a procedure.
     pub fn method(method: &str) -> Option<bool> {
-        METHODS.iter().find(|(m, _)| *m == method).map(|(_, p)| *p)
+        METHODS
+            .iter()
+            .find(|(m, ..)| *m == method)
+            .map(|(_, p, _)| *p)
     }
 
     /// Runs one XRPC call: authenticates `authorization`, checks the role, runs the method.
@@ -314,14 +330,21 @@ impl Moderation {
         authorization: Option<&str>,
         input: Input,
     ) -> Result<Value, XrpcError> {
-        let procedure = Self::method(method).ok_or_else(|| {
-            XrpcError::new(
-                501,
-                "MethodNotImplemented",
-                format!("{method} is not served"),
-            )
-        })?;
+        let (procedure, role) = METHODS
+            .iter()
+            .find(|(m, ..)| *m == method)
+            .map(|(_, p, r)| (*p, *r))
+            .ok_or_else(|| {
+                XrpcError::new(
+                    501,
+                    "MethodNotImplemented",
+                    format!("{method} is not served"),
+                )
+            })?;
         let caller = self.authenticate(authorization, method).await?;
+        if let Some(role) = role {
+            require(&caller, role)?;
+        }
         let empty = Vec::new();
         let (params, body) = match (&input, procedure) {
             (Input::Query(q), false) => (Params(q), Value::Null),
@@ -340,48 +363,24 @@ impl Moderation {
         match method {
             "com.atproto.moderation.createReport" => self.create_report(&caller, &body).await,
             "tools.ozone.moderation.emitEvent" => self.emit_event(&caller, &body).await,
-            "tools.ozone.moderation.queryStatuses" => {
-                require(&caller, Role::Triage)?;
-                self.query_statuses(&params).await
-            }
-            "tools.ozone.moderation.queryEvents" => {
-                require(&caller, Role::Triage)?;
-                self.query_events(&params).await
-            }
-            "tools.ozone.moderation.getEvent" => {
-                require(&caller, Role::Triage)?;
-                self.get_event(&params).await
-            }
-            "tools.ozone.moderation.getRepo" => {
-                require(&caller, Role::Triage)?;
-                self.get_repo(&params).await
-            }
-            "tools.ozone.moderation.getRecord" => {
-                require(&caller, Role::Triage)?;
-                self.get_record(&params).await
-            }
-            "tools.ozone.server.getConfig" => {
-                require(&caller, Role::Verifier)?;
-                Ok(self.get_config(&caller))
-            }
-            "tools.ozone.team.listMembers" => {
-                require(&caller, Role::Triage)?;
-                self.list_members(&params).await
-            }
+            "tools.ozone.moderation.queryStatuses" => self.query_statuses(&params).await,
+            "tools.ozone.moderation.queryEvents" => self.query_events(&params).await,
+            "tools.ozone.moderation.getEvent" => self.get_event(&params).await,
+            "tools.ozone.moderation.getRepo" => self.get_repo(&params).await,
+            "tools.ozone.moderation.getRecord" => self.get_record(&params).await,
+            "tools.ozone.server.getConfig" => Ok(self.get_config(&caller)),
+            "tools.ozone.team.listMembers" => self.list_members(&params).await,
             "tools.ozone.team.addMember"
             | "tools.ozone.team.updateMember"
             | "tools.ozone.team.deleteMember" => {
-                require(&caller, Role::Admin)?;
                 let out = self.team_write(&caller, method, &body).await?;
                 self.audit(&caller, method, &body).await?;
                 Ok(out)
             }
             "tools.ozone.set.getValues" | "tools.ozone.set.querySets" => {
-                require(&caller, Role::Triage)?;
                 self.set_read(method, &params).await
             }
             _ => {
-                require(&caller, Role::Moderator)?;
                 let out = self.set_write(method, &body).await?;
                 self.audit(&caller, method, &body).await?;
                 Ok(out)
@@ -627,7 +626,6 @@ impl Moderation {
     }
 
     async fn emit_event(&self, caller: &Caller, body: &Value) -> Result<Value, XrpcError> {
-        require(caller, Role::Triage)?;
         let event_value = body
             .get("event")
             .ok_or_else(|| XrpcError::invalid("`event` is required"))?;

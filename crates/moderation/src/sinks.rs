@@ -447,12 +447,40 @@ impl EventSink for LabelEvents {
     }
 }
 
-fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap_or_default()
+/// POSTs XRPC procedures to a service with its admin password (Basic `admin:<password>`),
+/// without following redirects.
+struct AdminClient {
+    url: url::Url,
+    password: String,
+    client: reqwest::Client,
+}
+
+impl AdminClient {
+    fn new(url: url::Url, password: String) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        AdminClient {
+            url,
+            password,
+            client,
+        }
+    }
+
+    /// `None` when the method's URL cannot be built from the base.
+    async fn post(&self, method: &str, body: &Value) -> Option<reqwest::Result<reqwest::Response>> {
+        let endpoint = self.url.join(&format!("/xrpc/{method}")).ok()?;
+        Some(
+            self.client
+                .post(endpoint)
+                .header("authorization", basic(&self.password))
+                .json(body)
+                .send()
+                .await,
+        )
+    }
 }
 
 /// Classifies an HTTP outcome: 2xx done; 401, 403 (a wrong or missing admin password: fixed
@@ -476,23 +504,16 @@ fn classify(result: reqwest::Result<reqwest::Response>, refused: &'static str) -
 /// `com.atproto.admin.updateSubjectStatus` with the PDS admin password. The call sets a
 /// state, so repeating it is harmless.
 pub struct PdsEnforcement {
-    /// The PDS, e.g. `https://pds.example.com`.
-    pub url: url::Url,
-    /// The PDS admin password (never logged).
-    pub admin_password: String,
-    /// Counts calls.
-    pub metrics: Arc<ModerationMetrics>,
-    client: reqwest::Client,
+    pds: AdminClient,
+    metrics: Arc<ModerationMetrics>,
 }
 
 impl PdsEnforcement {
-    /// Enforcement on the PDS at `url`.
+    /// Enforcement on the PDS at `url` with its admin password (never logged).
     pub fn new(url: url::Url, admin_password: String, metrics: Arc<ModerationMetrics>) -> Self {
         PdsEnforcement {
-            url,
-            admin_password,
+            pds: AdminClient::new(url, admin_password),
             metrics,
-            client: http_client(),
         }
     }
 }
@@ -517,26 +538,17 @@ impl EventSink for PdsEnforcement {
                 _ => return Delivery::Done,
             };
             let subject = &e.event.subject;
-            let subject_json = match &subject.uri {
-                None => json!({"$type": "com.atproto.admin.defs#repoRef", "did": subject.did}),
-                Some(uri) => {
-                    json!({"$type": "com.atproto.repo.strongRef", "uri": uri, "cid": subject.cid.clone().unwrap_or_default()})
-                }
-            };
             let body = json!({
-                "subject": subject_json,
+                "subject": crate::view::subject(subject),
                 "takedown": {"applied": applied, "ref": format!("skywarden:{}", e.id)},
             });
-            let Ok(endpoint) = self.url.join("/xrpc/com.atproto.admin.updateSubjectStatus") else {
+            let Some(result) = self
+                .pds
+                .post("com.atproto.admin.updateSubjectStatus", &body)
+                .await
+            else {
                 return Delivery::Skipped("bad_url");
             };
-            let result = self
-                .client
-                .post(endpoint)
-                .header("authorization", basic(&self.admin_password))
-                .json(&body)
-                .send()
-                .await;
             let d = classify(result, "pds_refused");
             if d == Delivery::Done {
                 self.metrics.sink_delivered("pds", 1);
@@ -557,19 +569,14 @@ impl EventSink for PdsEnforcement {
 /// each event carries `externalId` `skywarden:<id>`, so a repeat is refused by Ozone as a
 /// duplicate and counted as delivered.
 pub struct OzoneForwarder {
-    /// The Ozone service.
-    pub url: url::Url,
-    /// The Ozone admin password (never logged).
-    pub admin_password: String,
-    /// `createdBy` of the forwarded events (skywarden's DID, a member of the Ozone team).
-    pub created_by: String,
-    /// Counts calls.
-    pub metrics: Arc<ModerationMetrics>,
-    client: reqwest::Client,
+    ozone: AdminClient,
+    created_by: String,
+    metrics: Arc<ModerationMetrics>,
 }
 
 impl OzoneForwarder {
-    /// A forwarder to the Ozone at `url`.
+    /// A forwarder to the Ozone at `url` with its admin password (never logged); events are
+    /// filed as `created_by` (skywarden's DID, a member of the Ozone team).
     pub fn new(
         url: url::Url,
         admin_password: String,
@@ -577,11 +584,9 @@ impl OzoneForwarder {
         metrics: Arc<ModerationMetrics>,
     ) -> Self {
         OzoneForwarder {
-            url,
-            admin_password,
+            ozone: AdminClient::new(url, admin_password),
             created_by,
             metrics,
-            client: http_client(),
         }
     }
 }
@@ -603,16 +608,13 @@ impl EventSink for OzoneForwarder {
                 "modTool": e.event.mod_tool.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok()),
                 "externalId": format!("skywarden:{}", e.id),
             });
-            let Ok(endpoint) = self.url.join("/xrpc/tools.ozone.moderation.emitEvent") else {
+            let Some(result) = self
+                .ozone
+                .post("tools.ozone.moderation.emitEvent", &body)
+                .await
+            else {
                 return Delivery::Skipped("bad_url");
             };
-            let result = self
-                .client
-                .post(endpoint)
-                .header("authorization", basic(&self.admin_password))
-                .json(&body)
-                .send()
-                .await;
             match result {
                 Ok(r) if r.status().as_u16() == 400 => {
                     let body: Value = r.json().await.unwrap_or(Value::Null);
