@@ -17,16 +17,14 @@
 
 use serde_json::Value;
 use skywarden_store::{EffectRow, Store};
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
-use tokio::time::timeout;
 
-fn pds_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/pds")
-}
+mod pds_harness;
+use pds_harness::{Harness, pds_dir};
+use tokio::time::timeout;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -60,64 +58,16 @@ async fn http_get(port: u16, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_a_real_pds_logs_explained_effects_for_abuse_and_none_for_ordinary_use() {
-    let dir = pds_dir();
-    let install = Command::new("bash")
-        .arg(dir.join("install.sh"))
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run tests/pds/install.sh");
-    assert!(
-        install.status.success(),
-        "tests/pds/install.sh failed: {}",
-        String::from_utf8_lossy(&install.stderr)
-    );
     let work = std::env::temp_dir().join(format!("skywarden-serve-pds-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
 
     // The PDS, and the scenario.
-    let mut harness = Command::new("node")
-        .arg(dir.join("harness.mjs"))
-        .arg("--data-dir")
-        .arg(work.join("pds-data"))
-        .current_dir(&dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(
-            std::fs::File::create(work.join("harness.log")).unwrap(),
-        ))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start node tests/pds/harness.mjs");
-    let mut stdin = harness.stdin.take().unwrap();
-    let mut lines = BufReader::new(harness.stdout.take().unwrap()).lines();
-    let mut next = async || -> Value {
-        let line = timeout(Duration::from_secs(180), lines.next_line())
-            .await
-            .expect("harness line within 180 s")
-            .unwrap()
-            .expect("harness output");
-        let v: Value = serde_json::from_str(&line).unwrap();
-        assert_ne!(v["type"], "error", "harness error: {v}");
-        v
-    };
-    let ready = next().await;
-    let pds = ready["pdsUrl"].as_str().unwrap().to_string();
-    let plc = ready["plcUrl"].as_str().unwrap().to_string();
-    stdin.write_all(b"abuse\n").await.unwrap();
-    let done = next().await;
-    let actions = done["actions"].as_array().unwrap().clone();
+    let mut harness = Harness::start(&work).await;
+    let (pds, plc) = (harness.pds.clone(), harness.plc.clone());
+    let done = harness.run("abuse").await;
     let last_seq = done["lastSeq"].as_i64().unwrap();
-    let did_of = |handle: &str| -> String {
-        actions
-            .iter()
-            .find(|a| a["kind"] == "account_created" && a["handle"] == handle)
-            .and_then(|a| a["did"].as_str())
-            .unwrap_or_else(|| panic!("no account {handle}"))
-            .to_string()
-    };
+    let did_of = |handle: &str| pds_harness::did_of(&done, handle);
     let (gina, hank) = (did_of("gina.test"), did_of("hank.test"));
     let (gtuber, replier, follower) = (
         did_of("gtuber.test"),
@@ -210,6 +160,7 @@ async fn serve_on_a_real_pds_logs_explained_effects_for_abuse_and_none_for_ordin
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let dir = pds_dir();
     let client = Command::new("node")
         .arg(dir.join("labels.mjs"))
         .args(["client", "--service"])
@@ -320,7 +271,7 @@ description = "Unwanted, repeated promotion."
         record["value"]["policies"]["labelValueDefinitions"][0]["locales"][0]["name"],
         "Spam"
     );
-    stdin.write_all(b"exit\n").await.unwrap();
+    harness.exit().await;
 
     let store = Store::open(&data).await.unwrap();
     let effects: Vec<EffectRow> = store.effects_after(0, 100_000).await.unwrap();
@@ -423,6 +374,6 @@ description = "Unwanted, repeated promotion."
         "{listing}"
     );
     println!("{} effects:\n{listing}", effects.len());
-    let _ = harness.kill().await;
+    drop(harness);
     let _ = std::fs::remove_dir_all(&work);
 }

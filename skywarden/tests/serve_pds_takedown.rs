@@ -11,16 +11,14 @@ use serde_json::Value;
 use skywarden_atproto::event::EventBody;
 use skywarden_ingest::firehose::WsSettings;
 use skywarden_ingest::{Source, SourceConfig};
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
-use tokio::time::timeout;
 
-fn pds_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/pds")
-}
+mod pds_harness;
+use pds_harness::Harness;
+use tokio::time::timeout;
 
 async fn http(port: u16, path: &str, auth: Option<&str>) -> (u16, String) {
     let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
@@ -69,62 +67,16 @@ const ADMIN: &str = "takedown-test-admin-password";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_takedown_reaches_the_pds_and_comes_back_on_its_firehose() {
-    let dir = pds_dir();
-    let install = Command::new("bash")
-        .arg(dir.join("install.sh"))
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run tests/pds/install.sh");
-    assert!(
-        install.status.success(),
-        "{}",
-        String::from_utf8_lossy(&install.stderr)
-    );
     let work = std::env::temp_dir().join(format!("skywarden-pds-takedown-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("rules")).unwrap();
     std::fs::write(work.join("rules/takedown.toml"), RULE).unwrap();
 
-    let mut harness = Command::new("node")
-        .arg(dir.join("harness.mjs"))
-        .arg("--data-dir")
-        .arg(work.join("pds-data"))
-        .current_dir(&dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(
-            std::fs::File::create(work.join("harness.log")).unwrap(),
-        ))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start node tests/pds/harness.mjs");
-    let mut stdin = harness.stdin.take().unwrap();
-    let mut lines = BufReader::new(harness.stdout.take().unwrap()).lines();
-    let mut next = async || -> Value {
-        let line = timeout(Duration::from_secs(180), lines.next_line())
-            .await
-            .expect("harness line within 180 s")
-            .unwrap()
-            .expect("harness output");
-        let v: Value = serde_json::from_str(&line).unwrap();
-        assert_ne!(v["type"], "error", "harness error: {v}");
-        v
-    };
-    let ready = next().await;
-    let pds = ready["pdsUrl"].as_str().unwrap().to_string();
-    let plc = ready["plcUrl"].as_str().unwrap().to_string();
-    stdin.write_all(b"abuse\n").await.unwrap();
-    let done = next().await;
+    let mut harness = Harness::start(&work).await;
+    let (pds, plc) = (harness.pds.clone(), harness.plc.clone());
+    let done = harness.run("abuse").await;
     let last_seq = done["lastSeq"].as_i64().unwrap();
-    let gtuber = done["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["kind"] == "account_created" && a["handle"] == "gtuber.test")
-        .and_then(|a| a["did"].as_str())
-        .unwrap()
-        .to_string();
+    let gtuber = pds_harness::did_of(&done, "gtuber.test");
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -280,7 +232,6 @@ async fn an_engine_takedown_reaches_the_pds_and_comes_back_on_its_firehose() {
     );
 
     let _ = serve.kill().await;
-    let _ = stdin.write_all(b"exit\n").await;
-    let _ = timeout(Duration::from_secs(20), harness.wait()).await;
+    harness.exit().await;
     let _ = std::fs::remove_dir_all(&work);
 }
