@@ -138,6 +138,21 @@ impl Server {
         self.hub.wake();
     }
 
+    /// Waits until the hub counts `n` open subscriptions. A client's handshake completes
+    /// before the server's upgrade task subscribes, so a test that depends on registration
+    /// order (or on a live-only subscriber seeing the next write) waits for it.
+    async fn wait_for_subscribers(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while self.hub.subscriber_count() != n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} subscribers after 20 s, expected {n}",
+                self.hub.subscriber_count()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     fn ws_url(&self, cursor: Option<i64>) -> String {
         let mut url = format!("ws://{}/xrpc/com.atproto.label.subscribeLabels", self.addr);
         if let Some(c) = cursor {
@@ -250,6 +265,7 @@ async fn replay_then_live_has_no_gap_and_no_duplicate_while_labels_are_written()
         m.labels[0].verify(&public).unwrap();
     }
     // The live-only subscriber joined during the writes: it sees a suffix, in order.
+    server.wait_for_subscribers(2).await;
     server.write_many(5000, 3).await;
     let mut live = Vec::new();
     loop {
@@ -342,8 +358,7 @@ async fn a_slow_consumer_is_dropped_while_a_fast_one_continues() {
         .await
         .unwrap();
     let mut fast = connect(&s.ws_url(None)).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(s.hub.subscriber_count(), 2);
+    s.wait_for_subscribers(2).await;
     let total = 30_000;
     let server = Arc::new(s);
     let writer = {
@@ -509,6 +524,7 @@ async fn subscribers_past_the_limit_are_refused() {
     .await;
     let mut a = connect(&s.ws_url(None)).await;
     let _b = connect(&s.ws_url(None)).await;
+    s.wait_for_subscribers(2).await;
     let mut c = connect(&s.ws_url(None)).await;
     match next(&mut c).await {
         Got::Error(e) => assert_eq!(e, "TooManySubscribers"),
