@@ -176,6 +176,73 @@ impl SignedCommit {
     /// Decodes and checks the commit block (hash must match `cid`).
     pub fn from_block(cid: &Cid, bytes: &[u8]) -> Result<Self, CommitError> {
         verify_block(cid, bytes)?;
+        match Self::scan_canonical(bytes) {
+            Some(commit) => Ok(commit),
+            None => Self::decode_and_reencode(bytes),
+        }
+    }
+
+    /// The fast path for a canonical block: the fields read in place, and the unsigned bytes
+    /// spliced out of the block (the same bytes re-encoding would give). `None` when the block
+    /// is not canonical DAG-CBOR or not a well-formed commit; the general path then decodes it
+    /// and says what is wrong.
+    fn scan_canonical(bytes: &[u8]) -> Option<Self> {
+        use crate::cbor::{head, scan, string, write_head};
+        if !scan(bytes, 0)
+            .ok()
+            .filter(|s| s.end == bytes.len())?
+            .canonical
+        {
+            return None;
+        }
+        let (map, mut at) = head(bytes, 0).ok()?;
+        if map.major != 5 {
+            return None;
+        }
+        let body_start = at;
+        let (mut did, mut rev, mut version, mut data, mut sig) = (None, None, None, None, None);
+        let mut sig_entry = None;
+        for _ in 0..map.arg {
+            let entry = at;
+            let (_, key_start, key_end) = string(bytes, at).ok()?;
+            let value = scan(bytes, key_end).ok()?;
+            let (h, payload) = head(bytes, key_end).ok()?;
+            let text = || string(bytes, key_end).ok().map(|(_, a, b)| &bytes[a..b]);
+            match &bytes[key_start..key_end] {
+                b"did" if h.major == 3 => did = std::str::from_utf8(text()?).ok(),
+                b"rev" if h.major == 3 => rev = std::str::from_utf8(text()?).ok(),
+                b"sig" if h.major == 2 => {
+                    sig = text();
+                    sig_entry = Some((entry, value.end));
+                }
+                b"version" if h.major == 0 => version = i64::try_from(h.arg).ok(),
+                b"version" if h.major == 1 => version = i64::try_from(h.arg).ok().map(|n| -1 - n),
+                b"data" if h.major == 6 && h.arg == 42 => {
+                    let (_, a, b) = string(bytes, payload).ok()?;
+                    let link = bytes.get(a..b)?.strip_prefix(&[0])?;
+                    data = Cid::try_from(link).ok();
+                }
+                _ => {}
+            }
+            at = value.end;
+        }
+        let (sig_start, sig_end) = sig_entry?;
+        let mut unsigned_bytes = Vec::with_capacity(bytes.len() - (sig_end - sig_start));
+        write_head(&mut unsigned_bytes, 5, map.arg - 1);
+        unsigned_bytes.extend_from_slice(&bytes[body_start..sig_start]);
+        unsigned_bytes.extend_from_slice(&bytes[sig_end..]);
+        Some(SignedCommit {
+            did: did?.to_string(),
+            version: version?,
+            data: data?,
+            rev: rev?.to_string(),
+            sig: sig?.to_vec(),
+            unsigned_bytes,
+        })
+    }
+
+    /// The general path: decode into the data model, take `sig` out, encode the rest.
+    fn decode_and_reencode(bytes: &[u8]) -> Result<Self, CommitError> {
         let value: Ipld = serde_ipld_dagcbor::from_slice(bytes)
             .map_err(|e| CommitError::BadCommit(e.to_string()))?;
         let Ipld::Map(mut map) = value else {
@@ -428,5 +495,77 @@ impl Event {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::cid_for_cbor;
+    use std::collections::BTreeMap;
+
+    fn commit_map() -> BTreeMap<String, Ipld> {
+        let mut map = BTreeMap::new();
+        map.insert("did".into(), Ipld::String("did:plc:abc".into()));
+        map.insert("version".into(), Ipld::Integer(3));
+        map.insert("data".into(), Ipld::Link(cid_for_cbor(b"\xa0")));
+        map.insert("rev".into(), Ipld::String("3lbqtdx5zyc2a".into()));
+        map.insert("prev".into(), Ipld::Null);
+        map.insert("sig".into(), Ipld::Bytes(vec![7; 64]));
+        map
+    }
+
+    #[test]
+    fn the_fast_path_splices_the_bytes_re_encoding_gives() {
+        let mut map = commit_map();
+        // An extra field is covered by the signature too.
+        map.insert("extension".into(), Ipld::List(vec![Ipld::Integer(1)]));
+        let bytes = encode_cbor(&Ipld::Map(map)).unwrap();
+        let fast = SignedCommit::scan_canonical(&bytes).expect("canonical");
+        let general = SignedCommit::decode_and_reencode(&bytes).unwrap();
+        assert_eq!(fast, general);
+        let mut unsigned = commit_map();
+        unsigned.remove("sig");
+        unsigned.insert("extension".into(), Ipld::List(vec![Ipld::Integer(1)]));
+        assert_eq!(
+            fast.unsigned_bytes,
+            encode_cbor(&Ipld::Map(unsigned)).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_non_canonical_commit_takes_the_general_path() {
+        // `version` as a non-minimal integer: 3 in one extra byte.
+        let canonical = encode_cbor(&Ipld::Map(commit_map())).unwrap();
+        let at = canonical
+            .windows(8)
+            .position(|w| w == b"\x67version")
+            .unwrap()
+            + 8;
+        assert_eq!(canonical[at], 0x03);
+        let mut odd = canonical[..at].to_vec();
+        odd.extend_from_slice(&[0x18, 0x03]);
+        odd.extend_from_slice(&canonical[at + 1..]);
+        assert!(SignedCommit::scan_canonical(&odd).is_none());
+        let commit = SignedCommit::from_block(&cid_for_cbor(&odd), &odd).unwrap();
+        // What the signature covers is the canonical encoding, whatever the block's form.
+        assert_eq!(
+            commit.unsigned_bytes,
+            SignedCommit::scan_canonical(&canonical)
+                .unwrap()
+                .unsigned_bytes
+        );
+    }
+
+    #[test]
+    fn a_commit_without_its_fields_is_an_error() {
+        for missing in ["did", "rev", "sig", "data", "version"] {
+            let mut map = commit_map();
+            map.remove(missing);
+            let bytes = encode_cbor(&Ipld::Map(map)).unwrap();
+            assert!(SignedCommit::scan_canonical(&bytes).is_none(), "{missing}");
+            let err = SignedCommit::from_block(&cid_for_cbor(&bytes), &bytes).unwrap_err();
+            assert!(err.to_string().contains(missing), "{missing}: {err}");
+        }
     }
 }

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod car;
+mod cbor;
 pub mod crypto;
 pub mod data;
 pub mod event;

@@ -12,6 +12,10 @@ use std::hint::black_box;
 use std::io::Write;
 use std::time::Instant;
 
+/// The allocator `skywarden serve` runs with: decoding allocates owned records.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--export") {
