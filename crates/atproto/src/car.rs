@@ -56,6 +56,19 @@ pub fn read_varint(input: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
+/// The common case read directly: a CIDv1 with a one-byte codec and a sha2-256 digest (what
+/// every atproto block has). Anything else is left to the general reader.
+fn read_sha256_cid_v1(section: &[u8]) -> Option<(Cid, &[u8])> {
+    match section {
+        [0x01, codec, 0x12, 0x20, rest @ ..] if *codec < 0x80 && rest.len() >= 32 => {
+            let (digest, block) = rest.split_at(32);
+            let hash = multihash::Multihash::<64>::wrap(0x12, digest).ok()?;
+            Some((Cid::new_v1(u64::from(*codec), hash), block))
+        }
+        _ => None,
+    }
+}
+
 impl<'a> Car<'a> {
     /// Parses a CAR v1 without checking block hashes (see [`Car::verify_all`]).
     pub fn parse(input: &'a [u8]) -> Result<Self, CarError> {
@@ -81,12 +94,19 @@ impl<'a> Car<'a> {
                 .checked_add(len as usize)
                 .filter(|&e| e <= input.len())
                 .ok_or(CarError::Truncated(pos))?;
-            let mut section = &input[start..end];
-            let cid = Cid::read_bytes(&mut section).map_err(|e| CarError::Cid {
-                offset: pos,
-                message: e.to_string(),
-            })?;
-            blocks.push((cid, section));
+            let section = &input[start..end];
+            let (cid, block) = match read_sha256_cid_v1(section) {
+                Some(found) => found,
+                None => {
+                    let mut rest = section;
+                    let cid = Cid::read_bytes(&mut rest).map_err(|e| CarError::Cid {
+                        offset: pos,
+                        message: e.to_string(),
+                    })?;
+                    (cid, rest)
+                }
+            };
+            blocks.push((cid, block));
             pos = end;
         }
         Ok(Car {
@@ -146,6 +166,24 @@ pub fn write_varint(out: &mut Vec<u8>, mut value: u64) {
 mod tests {
     use super::*;
     use crate::data::cid_for_cbor;
+
+    #[test]
+    fn the_direct_cid_reader_agrees_with_the_general_one() {
+        let cid = cid_for_cbor(b"\xa0");
+        let raw = crate::data::cid_for(0x55, b"x");
+        for c in [cid, raw] {
+            let mut section = c.to_bytes();
+            section.extend_from_slice(b"block");
+            let (direct, rest) = read_sha256_cid_v1(&section).unwrap();
+            let mut general = section.as_slice();
+            assert_eq!(direct, Cid::read_bytes(&mut general).unwrap());
+            assert_eq!((rest, general), (&b"block"[..], &b"block"[..]));
+        }
+        // A CIDv0 and a truncated digest are left to the general reader.
+        let v0 = Cid::new_v0(*cid.hash()).unwrap().to_bytes();
+        assert!(read_sha256_cid_v1(&v0).is_none());
+        assert!(read_sha256_cid_v1(&cid.to_bytes()[..20]).is_none());
+    }
 
     #[test]
     fn round_trip_and_truncation() {

@@ -29,8 +29,8 @@ pub(crate) enum ScanError {
     TooDeep,
 }
 
-/// Deeper nesting than this is refused: records are shallow, and the scan recurses.
-pub(crate) const MAX_DEPTH: usize = 64;
+/// Items nested this deep are refused, as serde_ipld_dagcbor refuses them: the scan recurses.
+pub(crate) const MAX_DEPTH: usize = 128;
 
 /// Reads the head at `pos`; returns it and the position after it.
 pub(crate) fn head(bytes: &[u8], pos: usize) -> Result<(Head, usize), ScanError> {
@@ -98,7 +98,7 @@ pub(crate) fn scan(bytes: &[u8], pos: usize) -> Result<Scan, ScanError> {
 }
 
 fn scan_at(bytes: &[u8], pos: usize, depth: usize) -> Result<Scan, ScanError> {
-    if depth > MAX_DEPTH {
+    if depth >= MAX_DEPTH {
         return Err(ScanError::TooDeep);
     }
     let (h, next) = head(bytes, pos)?;

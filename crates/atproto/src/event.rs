@@ -188,24 +188,29 @@ impl SignedCommit {
     /// and says what is wrong.
     fn scan_canonical(bytes: &[u8]) -> Option<Self> {
         use crate::cbor::{head, scan, string, write_head};
-        if !scan(bytes, 0)
-            .ok()
-            .filter(|s| s.end == bytes.len())?
-            .canonical
-        {
-            return None;
-        }
         let (map, mut at) = head(bytes, 0).ok()?;
-        if map.major != 5 {
+        if map.major != 5 || !map.minimal {
             return None;
         }
         let body_start = at;
         let (mut did, mut rev, mut version, mut data, mut sig) = (None, None, None, None, None);
         let mut sig_entry = None;
+        let mut previous_key: Option<&[u8]> = None;
         for _ in 0..map.arg {
             let entry = at;
-            let (_, key_start, key_end) = string(bytes, at).ok()?;
-            let value = scan(bytes, key_end).ok()?;
+            // The same canonical checks as `scan`, one entry at a time: a text key with a
+            // minimal head, after the previous one in length-first order, then the value.
+            let (key_head, key_start, key_end) = string(bytes, at).ok()?;
+            let encoded_key = &bytes[entry..key_end];
+            if key_head.major != 3
+                || !key_head.minimal
+                || std::str::from_utf8(&bytes[key_start..key_end]).is_err()
+                || previous_key.is_some_and(|p| (p.len(), p) >= (encoded_key.len(), encoded_key))
+            {
+                return None;
+            }
+            previous_key = Some(encoded_key);
+            let value = scan(bytes, key_end).ok().filter(|v| v.canonical)?;
             let (h, payload) = head(bytes, key_end).ok()?;
             let text = || string(bytes, key_end).ok().map(|(_, a, b)| &bytes[a..b]);
             match &bytes[key_start..key_end] {
@@ -225,6 +230,9 @@ impl SignedCommit {
                 _ => {}
             }
             at = value.end;
+        }
+        if at != bytes.len() {
+            return None;
         }
         let (sig_start, sig_end) = sig_entry?;
         let mut unsigned_bytes = Vec::with_capacity(bytes.len() - (sig_end - sig_start));
