@@ -57,8 +57,9 @@ pub fn read_varint(input: &[u8]) -> Option<(u64, usize)> {
 }
 
 /// The common case read directly: a CIDv1 with a one-byte codec and a sha2-256 digest (what
-/// every atproto block has). Anything else is left to the general reader.
-fn read_sha256_cid_v1(section: &[u8]) -> Option<(Cid, &[u8])> {
+/// every atproto block has), and the bytes after it. `None` for anything else, which is left to
+/// the general reader.
+pub(crate) fn read_sha256_cid_v1(section: &[u8]) -> Option<(Cid, &[u8])> {
     match section {
         [0x01, codec, 0x12, 0x20, rest @ ..] if *codec < 0x80 && rest.len() >= 32 => {
             let (digest, block) = rest.split_at(32);

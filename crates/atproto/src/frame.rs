@@ -140,6 +140,7 @@ pub struct CommitFrame<'a> {
     #[serde(borrow)]
     pub repo: &'a str,
     /// CID of the signed commit object (in `blocks`).
+    #[serde(deserialize_with = "wire_cid::one")]
     pub commit: Cid,
     /// The commit's revision (a TID).
     #[serde(borrow)]
@@ -157,7 +158,7 @@ pub struct CommitFrame<'a> {
     #[serde(default)]
     pub blobs: Option<Vec<Cid>>,
     /// MST root before this commit (sync v1.1), if sent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "wire_cid::optional")]
     pub prev_data: Option<Cid>,
     /// When the event was emitted (datetime).
     #[serde(borrow)]
@@ -174,11 +175,82 @@ pub struct RepoOp<'a> {
     #[serde(borrow)]
     pub path: &'a str,
     /// The new record's CID; null for deletes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "wire_cid::optional")]
     pub cid: Option<Cid>,
     /// The previous record's CID for updates and deletes (sync v1.1).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "wire_cid::optional")]
     pub prev: Option<Cid>,
+}
+
+/// CIDs in frame bodies, with the common CIDv1/sha2-256 form read directly: a commit frame
+/// carries several, and the general reader goes through `std::io` for each.
+mod wire_cid {
+    use cid::Cid;
+    use serde::de::{self, Deserializer, Visitor};
+    use std::fmt;
+
+    /// A CID (DAG-CBOR tag 42).
+    pub fn one<'de, D: Deserializer<'de>>(d: D) -> Result<Cid, D::Error> {
+        d.deserialize_newtype_struct(cid::serde::CID_SERDE_PRIVATE_IDENTIFIER, Entry)
+    }
+
+    /// A CID or null.
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cid>, D::Error> {
+        d.deserialize_option(Nullable)
+    }
+
+    struct Entry;
+
+    impl<'de> Visitor<'de> for Entry {
+        type Value = Cid;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a CID")
+        }
+
+        fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Cid, D::Error> {
+            d.deserialize_bytes(Bytes)
+        }
+    }
+
+    struct Bytes;
+
+    impl Visitor<'_> for Bytes {
+        type Value = Cid;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("CID bytes")
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Cid, E> {
+            match crate::car::read_sha256_cid_v1(v) {
+                Some((cid, rest)) if rest.is_empty() => Ok(cid),
+                _ => Cid::try_from(v).map_err(|e| E::custom(format!("bad CID: {e}"))),
+            }
+        }
+    }
+
+    struct Nullable;
+
+    impl<'de> Visitor<'de> for Nullable {
+        type Value = Option<Cid>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a CID or null")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Option<Cid>, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Option<Cid>, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<Cid>, D::Error> {
+            one(d).map(Some)
+        }
+    }
 }
 
 /// An `#identity` body.

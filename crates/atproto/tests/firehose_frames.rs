@@ -165,3 +165,47 @@ fn malformed_frames_are_errors_not_panics() {
     let bad_op = frame_bytes(&json!({"op": 7}), &json!({}));
     assert!(decode_frame(&bad_op).is_err());
 }
+
+#[test]
+fn commit_cids_in_every_form_decode() {
+    use skywarden_atproto::Cid;
+    use skywarden_atproto::data::{DAG_CBOR, cid_for};
+    let v1 = cid_for(DAG_CBOR, b"record");
+    let raw = cid_for(0x55, b"blob");
+    // A CIDv0 and a CIDv1 with an identity multihash: not the direct form, read generally.
+    let v0 = Cid::new_v0(*v1.hash()).unwrap();
+    let identity = Cid::new_v1(
+        DAG_CBOR,
+        multihash::Multihash::<64>::wrap(0x00, b"inline").unwrap(),
+    );
+    let body = |cid: serde_json::Value| {
+        json!({
+            "seq": 5, "rebase": false, "tooBig": false, "repo": "did:plc:abc",
+            "commit": {"$link": v1.to_string()}, "rev": "3lbqtdx5zyc2a", "since": null,
+            "blocks": {"$bytes": ""}, "blobs": [], "time": "2025-01-01T00:00:00Z",
+            "prevData": {"$link": raw.to_string()},
+            "ops": [
+                {"action": "create", "path": "app.bsky.feed.post/3lbqtdx5zyc2a", "cid": cid},
+                {"action": "delete", "path": "app.bsky.feed.post/3lbqtdx5zyc2b", "cid": null,
+                 "prev": {"$link": v1.to_string()}},
+            ],
+        })
+    };
+    for cid in [v1, raw, v0, identity] {
+        let bytes = frame_bytes(
+            &json!({"op": 1, "t": "#commit"}),
+            &body(json!({"$link": cid.to_string()})),
+        );
+        let Ok(Frame::Commit(c)) = decode_frame(&bytes) else {
+            panic!("{cid} not decoded")
+        };
+        assert_eq!((c.commit, c.prev_data), (v1, Some(raw)));
+        assert_eq!(c.ops[0].cid, Some(cid));
+        assert_eq!((c.ops[1].cid, c.ops[1].prev), (None, Some(v1)));
+    }
+    // A CID that is not a link, or bytes that are no CID, fail the frame.
+    for bad in [json!("bafy..."), json!({"$bytes": "AXESIA"})] {
+        let bytes = frame_bytes(&json!({"op": 1, "t": "#commit"}), &body(bad.clone()));
+        assert!(decode_frame(&bytes).is_err(), "{bad}");
+    }
+}
