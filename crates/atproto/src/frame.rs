@@ -224,7 +224,7 @@ mod wire_cid {
 
         fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Cid, E> {
             match crate::car::read_sha256_cid_v1(v) {
-                Some((cid, rest)) if rest.is_empty() => Ok(cid),
+                Some((cid, [])) => Ok(cid),
                 _ => Cid::try_from(v).map_err(|e| E::custom(format!("bad CID: {e}"))),
             }
         }
