@@ -8,6 +8,10 @@
 //! - `source`: the archive source end to end (decompress, decode, consumer checks, metrics).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+/// The allocator `skywarden serve` runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use skywarden_atproto::frame::decode_frame;
 use skywarden_ingest::archive::ArchiveReader;
 use skywarden_ingest::{Source, SourceConfig};
