@@ -14,6 +14,11 @@
 //! 4. logs the effect (`applied`, or `shadow` for shadow rules: logged, never applied) and
 //!    updates subject state and quota usage.
 //!
+//! The batch reads what it needs (logged keys, the subjects' state, quota usage) in a few
+//! statements up front and writes with multi-row statements at the end; in between, each
+//! effect is decided on that overlaid with what the effects before it in the batch changed,
+//! so the outcomes are those of one effect at a time.
+//!
 //! Sinks read the log, never the evaluation: a stalled sink cannot slow evaluation or grow
 //! memory, only fall behind in the log.
 
@@ -23,8 +28,8 @@ use sha2::{Digest, Sha256};
 use skywarden_atproto::event::{Event, EventBody};
 use skywarden_rules::action::{Action, Subject, Verb};
 use skywarden_rules::{Firing, Mode};
-use skywarden_store::{NewEffect, Store, StoreError};
-use std::collections::BTreeMap;
+use skywarden_store::{NewEffect, StateValue, Store, StoreError};
+use std::collections::{BTreeMap, HashSet};
 
 /// An action waiting to be logged.
 #[derive(Debug, Clone)]
@@ -187,57 +192,105 @@ impl EffectWriter {
             return Ok(Vec::new());
         }
         let mut tx = self.store.begin().await?;
+        // What the batch needs from the store, read up front in a few statements; the loop
+        // then decides on that and on what the batch itself changed (effects earlier in a
+        // batch de-duplicate later ones, as they would one transaction at a time).
+        let keys: Vec<&str> = batch
+            .iter()
+            .map(|p| p.effect.idempotency_key.as_str())
+            .collect();
+        let mut logged = tx.logged_keys(&keys).await?;
+        let mut state = BatchState::default();
+        for mode in [Mode::Live.as_str(), Mode::Shadow.as_str()] {
+            let mut subjects: Vec<&str> = batch
+                .iter()
+                .filter(|p| p.effect.mode == mode)
+                .map(|p| p.effect.subject.as_str())
+                .collect();
+            subjects.sort_unstable();
+            subjects.dedup();
+            if !subjects.is_empty() {
+                for (subject, kind, value) in tx.states_of(mode, &subjects).await? {
+                    state
+                        .stored
+                        .insert((mode.to_string(), subject, kind, value));
+                }
+            }
+        }
+        let mut quota_used: BTreeMap<(i64, &str), (i64, i64)> = BTreeMap::new();
         let mut outcomes = Vec::with_capacity(batch.len());
+        let mut to_log = Vec::with_capacity(batch.len());
         for p in batch {
             let e = &p.effect;
-            if tx.effect_logged(&e.idempotency_key).await? {
+            if logged.contains(&e.idempotency_key) {
                 outcomes.push(Outcome::Replayed);
                 continue;
             }
-            let mode = e.mode.as_str();
-            let subject = e.subject.as_str();
             let changes = state_changes(&p.action.verb);
-            let mut needed = false;
-            for (kind, value, present) in &changes {
-                if tx.has_state(mode, subject, kind, value).await? != *present {
-                    needed = true;
-                }
-            }
+            let needed = changes.iter().any(|(kind, value, present)| {
+                state.has(&e.mode, &e.subject, kind, value) != *present
+            });
             if !changes.is_empty() && !needed {
                 outcomes.push(Outcome::Deduplicated);
                 continue;
             }
+            let day = e.event_time.div_euclid(DAY_MICROS);
+            let limit = self.quotas.get(&e.verb).copied();
             let outcome = if p.action.mode == Mode::Shadow {
                 Outcome::Shadow
-            } else if let Some(&limit) = self.quotas.get(&e.verb)
-                && tx
-                    .quota_used(e.event_time.div_euclid(DAY_MICROS), &e.verb)
-                    .await?
-                    >= limit
-            {
-                Outcome::OverQuota
+            } else if let Some(limit) = limit {
+                let used = match quota_used.get_mut(&(day, e.verb.as_str())) {
+                    Some(used) => used,
+                    None => {
+                        let stored = tx.quota_used(day, &e.verb).await?;
+                        quota_used
+                            .entry((day, e.verb.as_str()))
+                            .or_insert((stored, 0))
+                    }
+                };
+                if used.0 + used.1 >= limit {
+                    Outcome::OverQuota
+                } else {
+                    used.1 += 1;
+                    Outcome::Applied
+                }
             } else {
                 Outcome::Applied
             };
             if outcome != Outcome::OverQuota {
-                if outcome == Outcome::Applied && self.quotas.contains_key(&e.verb) {
-                    tx.use_quota(e.event_time.div_euclid(DAY_MICROS), &e.verb)
-                        .await?;
-                }
                 for (kind, value, present) in &changes {
-                    if *present {
-                        tx.set_state(mode, subject, kind, value, e.event_time)
-                            .await?;
-                    } else {
-                        tx.clear_state(mode, subject, kind, value).await?;
-                    }
+                    state.set(&e.mode, &e.subject, kind, value, *present, e.event_time);
                 }
             }
-            let mut logged = e.clone();
-            logged.outcome = outcome.as_str().into();
-            tx.insert_effect(&logged, logged_at).await?;
+            logged.insert(e.idempotency_key.clone());
+            let mut entry = e.clone();
+            entry.outcome = outcome.as_str().into();
+            to_log.push(entry);
             outcomes.push(outcome);
         }
+        for ((day, verb), (_, added)) in &quota_used {
+            if *added > 0 {
+                tx.add_quota(*day, verb, *added).await?;
+            }
+        }
+        let mut puts = Vec::new();
+        for ((mode, subject, kind, value), change) in &state.changed {
+            match change {
+                Some(since) => puts.push(StateValue {
+                    mode,
+                    subject,
+                    kind,
+                    value,
+                    since: *since,
+                }),
+                None => {
+                    tx.clear_state(mode, subject, kind, value).await?;
+                }
+            }
+        }
+        tx.put_states(&puts).await?;
+        tx.insert_effects(&to_log.iter().collect::<Vec<_>>(), logged_at)
+            .await?;
         tx.commit().await?;
         for (p, outcome) in batch.iter().zip(&outcomes) {
             metrics.action(p.action.verb.name(), outcome.as_str());
@@ -268,6 +321,51 @@ impl EffectWriter {
     }
 }
 
+/// Subject state as a batch sees it: what the store had, overlaid with what the batch changed.
+#[derive(Default)]
+struct BatchState {
+    /// `(mode, subject, kind, value)` rows in the store when the batch began.
+    stored: HashSet<(String, String, String, String)>,
+    /// What the batch changed: `Some(since)` given, `None` taken away.
+    changed: BTreeMap<(String, String, String, String), Option<i64>>,
+}
+
+impl BatchState {
+    fn has(&self, mode: &str, subject: &str, kind: &str, value: &str) -> bool {
+        let key = (
+            mode.to_string(),
+            subject.to_string(),
+            kind.to_string(),
+            value.to_string(),
+        );
+        match self.changed.get(&key) {
+            Some(change) => change.is_some(),
+            None => self.stored.contains(&key),
+        }
+    }
+
+    /// Gives or takes a value. Giving one the subject has keeps its `since`.
+    fn set(&mut self, mode: &str, subject: &str, kind: &str, value: &str, present: bool, at: i64) {
+        if present == self.has(mode, subject, kind, value) {
+            return;
+        }
+        let key = (
+            mode.to_string(),
+            subject.to_string(),
+            kind.to_string(),
+            value.to_string(),
+        );
+        if present {
+            self.changed.insert(key, Some(at));
+        } else if self.stored.contains(&key) {
+            self.changed.insert(key, None);
+        } else {
+            // Given and taken within the batch: nothing to write.
+            self.changed.remove(&key);
+        }
+    }
+}
+
 fn explanation(action: &Action) -> String {
     let map: serde_json::Map<String, serde_json::Value> = action
         .explanation
@@ -291,5 +389,138 @@ fn state_changes(verb: &Verb) -> Vec<(&'static str, String, bool)> {
         | Verb::Acknowledge { .. }
         | Verb::Comment { .. }
         | Verb::Notify { .. } => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn effect(key: &str, subject: &str, verb: Verb, mode: Mode) -> PendingEffect {
+        let action = Action {
+            verb,
+            subject: Subject::Account {
+                did: subject.into(),
+            },
+            rule: "r".into(),
+            ruleset_version: "v".into(),
+            mode,
+            explanation: Vec::new(),
+        };
+        PendingEffect {
+            effect: NewEffect {
+                idempotency_key: key.into(),
+                event_time: 5 * DAY_MICROS + 1,
+                cursor: 1,
+                did: subject.into(),
+                rule: "r".into(),
+                ruleset_version: "v".into(),
+                mode: mode.as_str().into(),
+                verb: action.verb.name().into(),
+                subject: subject.into(),
+                outcome: String::new(),
+                action: "{}".into(),
+            },
+            action,
+        }
+    }
+
+    fn label(value: &str, negate: bool) -> Verb {
+        Verb::Label {
+            value: value.into(),
+            negate,
+            expires_in: None,
+        }
+    }
+
+    fn flag() -> Verb {
+        Verb::Flag { value: "f".into() }
+    }
+
+    /// One batch decides each effect on what the store had and what the effects before it in
+    /// the batch did, exactly as one transaction per effect would.
+    #[tokio::test]
+    async fn effects_in_one_batch_see_each_other() {
+        let store = Store::open_in_memory().await.unwrap();
+        let writer = EffectWriter::new(store.clone(), Quotas::from([("flag".to_string(), 2)]));
+        let (accounts, metrics) = (Accounts::new(1), Metrics::new(1));
+        let first = [
+            effect("k1", "did:a", label("spam", false), Mode::Live),
+            // The same key again: a replay within the batch.
+            effect("k1", "did:a", label("spam", false), Mode::Live),
+            // The label was just given: de-duplicated.
+            effect("k2", "did:a", label("spam", false), Mode::Live),
+            // The same label in shadow mode is another state.
+            effect("k3", "did:a", label("spam", false), Mode::Shadow),
+            // Taken away, then given again: both apply.
+            effect("k4", "did:a", label("spam", true), Mode::Live),
+            effect("k5", "did:a", label("spam", false), Mode::Live),
+            // Given and taken within the batch: applied, and nothing stays.
+            effect("k6", "did:b", label("rude", false), Mode::Live),
+            effect("k7", "did:b", label("rude", true), Mode::Live),
+            // A quota of 2 flags a day, over three subjects.
+            effect("k8", "did:a", flag(), Mode::Live),
+            effect("k9", "did:b", flag(), Mode::Live),
+            effect("k10", "did:c", flag(), Mode::Live),
+        ];
+        let outcomes = writer.commit(&first, &accounts, &metrics, 1).await.unwrap();
+        use Outcome::*;
+        assert_eq!(
+            outcomes,
+            [
+                Applied,
+                Replayed,
+                Deduplicated,
+                Shadow,
+                Applied,
+                Applied,
+                Applied,
+                Applied,
+                Applied,
+                Applied,
+                OverQuota
+            ]
+        );
+        let values = |mode: &'static str, subject: &'static str, kind: &'static str| {
+            let store = store.clone();
+            async move { store.subject_values(mode, subject, kind).await.unwrap() }
+        };
+        assert_eq!(values("live", "did:a", "label").await, ["spam"]);
+        assert_eq!(values("shadow", "did:a", "label").await, ["spam"]);
+        assert!(values("live", "did:b", "label").await.is_empty());
+        assert!(values("live", "did:c", "flag").await.is_empty());
+        // Everything but the replay and the duplicate is logged, in batch order.
+        let logged: Vec<String> = store
+            .effects_after(0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| format!("{}:{}", r.effect.idempotency_key, r.effect.outcome))
+            .collect();
+        assert_eq!(
+            logged,
+            [
+                "k1:applied",
+                "k3:shadow",
+                "k4:applied",
+                "k5:applied",
+                "k6:applied",
+                "k7:applied",
+                "k8:applied",
+                "k9:applied",
+                "k10:over_quota"
+            ]
+        );
+        // The next batch starts from what the first one stored: the key, the state, the quota.
+        let second = [
+            effect("k1", "did:a", label("spam", false), Mode::Live),
+            effect("k11", "did:a", label("spam", false), Mode::Live),
+            effect("k12", "did:d", flag(), Mode::Live),
+        ];
+        let outcomes = writer
+            .commit(&second, &accounts, &metrics, 2)
+            .await
+            .unwrap();
+        assert_eq!(outcomes, [Replayed, Deduplicated, OverQuota]);
     }
 }

@@ -272,7 +272,7 @@ async fn a_stalled_store_stops_the_source_instead_of_buffering() {
     );
     // Another writer holds the database: every effect commit waits.
     let mut blocker = store.begin().await.unwrap();
-    blocker.use_quota(0, "hold").await.unwrap();
+    blocker.add_quota(0, "hold", 1).await.unwrap();
 
     let pulled = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop) = watch::channel(false);

@@ -25,6 +25,7 @@ pub mod moderation;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use std::collections::HashSet;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -308,6 +309,36 @@ impl Store {
     }
 }
 
+/// Rows per statement in the batch methods of [`Tx`] (12 columns × 100 rows stays far below
+/// SQLite's limit on bound parameters).
+pub const BATCH_ROWS: usize = 100;
+
+/// Appends `rows` groups of `columns` placeholders: `(?, ?), (?, ?)`.
+fn push_placeholders(sql: &mut String, rows: usize, columns: usize) {
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns {
+            sql.push_str(if c == 0 { "?" } else { ", ?" });
+        }
+        sql.push(')');
+    }
+}
+
+/// One subject-state value to write with [`Tx::put_states`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateValue<'a> {
+    /// `live` or `shadow`.
+    pub mode: &'a str,
+    /// A DID or an `at://` URI.
+    pub subject: &'a str,
+    /// `label`, `tag`, `flag`, `report` or `takedown`.
+    pub kind: &'a str,
+    /// The label value, tag, flag, report reason; empty for a takedown.
+    pub value: &'a str,
+    /// Since when (event time, µs).
+    pub since: i64,
+}
+
 /// A write transaction: everything done through it commits atomically.
 pub struct Tx {
     tx: Transaction<'static, Sqlite>,
@@ -317,82 +348,119 @@ impl Tx {
     /// Appends `effect` unless an effect with the same idempotency key is already logged.
     /// Returns whether it was appended.
     pub async fn insert_effect(&mut self, effect: &NewEffect, logged_at: i64) -> Result<bool> {
-        let done = sqlx::query(
-            "INSERT INTO effects (idempotency_key, event_time, logged_at, cursor, did, rule, \
-             ruleset_version, mode, verb, subject, outcome, action) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
-        )
-        .bind(&effect.idempotency_key)
-        .bind(effect.event_time)
-        .bind(logged_at)
-        .bind(effect.cursor)
-        .bind(&effect.did)
-        .bind(&effect.rule)
-        .bind(&effect.ruleset_version)
-        .bind(&effect.mode)
-        .bind(&effect.verb)
-        .bind(&effect.subject)
-        .bind(&effect.outcome)
-        .bind(&effect.action)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(err("appending to the effect log"))?;
-        Ok(done.rows_affected() == 1)
+        Ok(self.insert_effects(&[effect], logged_at).await? == 1)
     }
 
-    /// Whether an effect with this idempotency key is logged.
-    pub async fn effect_logged(&mut self, idempotency_key: &str) -> Result<bool> {
-        sqlx::query("SELECT 1 FROM effects WHERE idempotency_key = ?")
-            .bind(idempotency_key)
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map(|r| r.is_some())
-            .map_err(err("reading the effect log"))
+    /// Appends `effects` in order (one statement per [`BATCH_ROWS`]), skipping any whose
+    /// idempotency key is already logged. Returns how many were appended.
+    pub async fn insert_effects(&mut self, effects: &[&NewEffect], logged_at: i64) -> Result<u64> {
+        let mut appended = 0;
+        for chunk in effects.chunks(BATCH_ROWS) {
+            let mut sql = String::from(
+                "INSERT INTO effects (idempotency_key, event_time, logged_at, cursor, did, rule, \
+                 ruleset_version, mode, verb, subject, outcome, action) VALUES ",
+            );
+            push_placeholders(&mut sql, chunk.len(), 12);
+            sql.push_str(" ON CONFLICT (idempotency_key) DO NOTHING");
+            let mut query = sqlx::query(&sql);
+            for effect in chunk {
+                query = query
+                    .bind(&effect.idempotency_key)
+                    .bind(effect.event_time)
+                    .bind(logged_at)
+                    .bind(effect.cursor)
+                    .bind(&effect.did)
+                    .bind(&effect.rule)
+                    .bind(&effect.ruleset_version)
+                    .bind(&effect.mode)
+                    .bind(&effect.verb)
+                    .bind(&effect.subject)
+                    .bind(&effect.outcome)
+                    .bind(&effect.action);
+            }
+            appended += query
+                .execute(&mut *self.tx)
+                .await
+                .map_err(err("appending to the effect log"))?
+                .rows_affected();
+        }
+        Ok(appended)
     }
 
-    /// Whether `subject` currently has `value` of `kind` in `mode`.
-    pub async fn has_state(
+    /// Which of `keys` are idempotency keys of logged effects.
+    pub async fn logged_keys(&mut self, keys: &[&str]) -> Result<HashSet<String>> {
+        let mut found = HashSet::new();
+        for chunk in keys.chunks(BATCH_ROWS) {
+            let mut sql =
+                String::from("SELECT idempotency_key FROM effects WHERE idempotency_key IN ");
+            push_placeholders(&mut sql, 1, chunk.len());
+            let mut query = sqlx::query(&sql);
+            for key in chunk {
+                query = query.bind(*key);
+            }
+            for row in query
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(err("reading the effect log"))?
+            {
+                found.insert(row.get(0));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The state values `subjects` have in `mode`, as `(subject, kind, value)`.
+    pub async fn states_of(
         &mut self,
         mode: &str,
-        subject: &str,
-        kind: &str,
-        value: &str,
-    ) -> Result<bool> {
-        sqlx::query(
-            "SELECT 1 FROM subject_state WHERE mode = ? AND subject = ? AND kind = ? AND value = ?",
-        )
-        .bind(mode)
-        .bind(subject)
-        .bind(kind)
-        .bind(value)
-        .fetch_optional(&mut *self.tx)
-        .await
-        .map(|r| r.is_some())
-        .map_err(err("reading subject state"))
+        subjects: &[&str],
+    ) -> Result<HashSet<(String, String, String)>> {
+        let mut found = HashSet::new();
+        for chunk in subjects.chunks(BATCH_ROWS) {
+            let mut sql = String::from(
+                "SELECT subject, kind, value FROM subject_state WHERE mode = ? AND subject IN ",
+            );
+            push_placeholders(&mut sql, 1, chunk.len());
+            let mut query = sqlx::query(&sql).bind(mode);
+            for subject in chunk {
+                query = query.bind(*subject);
+            }
+            for row in query
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(err("reading subject state"))?
+            {
+                found.insert((row.get(0), row.get(1), row.get(2)));
+            }
+        }
+        Ok(found)
     }
 
-    /// Gives `subject` `value` of `kind` in `mode` (no-op if it has it).
-    pub async fn set_state(
-        &mut self,
-        mode: &str,
-        subject: &str,
-        kind: &str,
-        value: &str,
-        since: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO subject_state (mode, subject, kind, value, since) VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(mode)
-        .bind(subject)
-        .bind(kind)
-        .bind(value)
-        .bind(since)
-        .execute(&mut *self.tx)
-        .await
-        .map(|_| ())
-        .map_err(err("writing subject state"))
+    /// Gives each subject its value (`since` replaced if it has it).
+    pub async fn put_states(&mut self, rows: &[StateValue<'_>]) -> Result<()> {
+        for chunk in rows.chunks(BATCH_ROWS) {
+            let mut sql = String::from(
+                "INSERT INTO subject_state (mode, subject, kind, value, since) VALUES ",
+            );
+            push_placeholders(&mut sql, chunk.len(), 5);
+            sql.push_str(
+                " ON CONFLICT (mode, subject, kind, value) DO UPDATE SET since = excluded.since",
+            );
+            let mut query = sqlx::query(&sql);
+            for row in chunk {
+                query = query
+                    .bind(row.mode)
+                    .bind(row.subject)
+                    .bind(row.kind)
+                    .bind(row.value)
+                    .bind(row.since);
+            }
+            query
+                .execute(&mut *self.tx)
+                .await
+                .map_err(err("writing subject state"))?;
+        }
+        Ok(())
     }
 
     /// Removes `value` of `kind` from `subject` in `mode`; returns whether it was there.
@@ -427,14 +495,15 @@ impl Tx {
             .map_err(err("reading quota usage"))
     }
 
-    /// Counts one more `verb` action on `day`.
-    pub async fn use_quota(&mut self, day: i64, verb: &str) -> Result<()> {
+    /// Counts `n` more `verb` actions on `day`.
+    pub async fn add_quota(&mut self, day: i64, verb: &str, n: i64) -> Result<()> {
         sqlx::query(
-            "INSERT INTO quota_usage (day, verb, used) VALUES (?, ?, 1) \
-             ON CONFLICT (day, verb) DO UPDATE SET used = used + 1",
+            "INSERT INTO quota_usage (day, verb, used) VALUES (?, ?, ?) \
+             ON CONFLICT (day, verb) DO UPDATE SET used = used + excluded.used",
         )
         .bind(day)
         .bind(verb)
+        .bind(n)
         .execute(&mut *self.tx)
         .await
         .map(|_| ())
@@ -504,13 +573,36 @@ mod tests {
         assert!(tx.insert_effect(&effect("a"), 10).await.unwrap());
         assert!(tx.insert_effect(&effect("b"), 11).await.unwrap());
         assert!(!tx.insert_effect(&effect("a"), 12).await.unwrap());
-        assert!(tx.effect_logged("a").await.unwrap());
+        assert_eq!(
+            tx.logged_keys(&["a", "c"]).await.unwrap(),
+            HashSet::from(["a".to_string()])
+        );
+        // Past one statement's rows: every key found, every effect appended once, in order.
+        let many: Vec<NewEffect> = (0..BATCH_ROWS * 2 + 5)
+            .map(|i| effect(&format!("k{i}")))
+            .collect();
+        let refs: Vec<&NewEffect> = many.iter().collect();
+        assert_eq!(
+            tx.insert_effects(&refs, 13).await.unwrap(),
+            many.len() as u64
+        );
+        assert_eq!(tx.insert_effects(&refs, 14).await.unwrap(), 0);
+        let keys: Vec<&str> = many.iter().map(|e| e.idempotency_key.as_str()).collect();
+        assert_eq!(tx.logged_keys(&keys).await.unwrap().len(), many.len());
         tx.commit().await.unwrap();
-        let rows = store.effects_after(0, 10).await.unwrap();
-        assert_eq!(rows.len(), 2);
+        let rows = store.effects_after(0, 1000).await.unwrap();
+        assert_eq!(rows.len(), 2 + BATCH_ROWS * 2 + 5);
         assert_eq!(rows[0].effect, effect("a"));
         assert_eq!(rows[1].effect.idempotency_key, "b");
-        assert_eq!(store.effects_after(rows[0].id, 10).await.unwrap().len(), 1);
+        assert_eq!(rows[2].effect.idempotency_key, "k0");
+        assert_eq!(
+            rows.last().unwrap().effect.idempotency_key,
+            format!("k{}", BATCH_ROWS * 2 + 4)
+        );
+        assert_eq!(
+            store.effects_after(rows[0].id, 1000).await.unwrap().len(),
+            rows.len() - 1
+        );
     }
 
     #[tokio::test]
@@ -531,30 +623,25 @@ mod tests {
         {
             let store = Store::open(&dir).await.unwrap();
             let mut tx = store.begin().await.unwrap();
-            assert!(
-                !tx.has_state("live", "did:x", "label", "spam")
-                    .await
-                    .unwrap()
+            let spam = |since| StateValue {
+                mode: "live",
+                subject: "did:x",
+                kind: "label",
+                value: "spam",
+                since,
+            };
+            assert!(tx.states_of("live", &["did:x"]).await.unwrap().is_empty());
+            tx.put_states(&[spam(1)]).await.unwrap();
+            tx.put_states(&[spam(2)]).await.unwrap();
+            let has = tx.states_of("live", &["did:x", "did:y"]).await.unwrap();
+            assert_eq!(
+                has.into_iter().collect::<Vec<_>>(),
+                [("did:x".into(), "label".into(), "spam".into())]
             );
-            tx.set_state("live", "did:x", "label", "spam", 1)
-                .await
-                .unwrap();
-            tx.set_state("live", "did:x", "label", "spam", 2)
-                .await
-                .unwrap();
-            assert!(
-                tx.has_state("live", "did:x", "label", "spam")
-                    .await
-                    .unwrap()
-            );
-            assert!(
-                !tx.has_state("shadow", "did:x", "label", "spam")
-                    .await
-                    .unwrap()
-            );
-            tx.use_quota(3, "label").await.unwrap();
-            tx.use_quota(3, "label").await.unwrap();
-            assert_eq!(tx.quota_used(3, "label").await.unwrap(), 2);
+            assert!(tx.states_of("shadow", &["did:x"]).await.unwrap().is_empty());
+            tx.add_quota(3, "label", 1).await.unwrap();
+            tx.add_quota(3, "label", 2).await.unwrap();
+            assert_eq!(tx.quota_used(3, "label").await.unwrap(), 3);
             assert_eq!(tx.quota_used(4, "label").await.unwrap(), 0);
             tx.set_checkpoint("src", 42, 1).await.unwrap();
             tx.put_snapshot("counters", b"\x00\x01", 1).await.unwrap();
