@@ -30,14 +30,32 @@ use skywarden_rules::action::{Action, Subject, Verb};
 use skywarden_rules::{Firing, Mode};
 use skywarden_store::{NewEffect, StateValue, Store, StoreError};
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 /// An action waiting to be logged.
 #[derive(Debug, Clone)]
 pub struct PendingEffect {
-    /// The log entry, outcome still to be decided.
+    /// The log entry, outcome still to be decided; its `action` JSON is rendered only if the
+    /// effect is logged (most de-duplicated effects never need it).
     pub effect: NewEffect,
     /// The action (for state updates).
     pub action: Action,
+    /// The event that fired it, and the unit (op index) within it.
+    pub event: Arc<Event>,
+    /// The op index, 0 for non-commits.
+    pub unit: usize,
+}
+
+impl PendingEffect {
+    /// The logged `action` JSON: the action with its explanation, and the event it came from
+    /// (with the record as the rule saw it).
+    pub fn action_json(&self) -> String {
+        let mut json = self.action.to_json();
+        if let Some(o) = json.as_object_mut() {
+            o.insert("event".into(), event_ref(&self.event, self.unit));
+        }
+        json.to_string()
+    }
 }
 
 /// How one pending effect ended.
@@ -88,7 +106,7 @@ pub fn subject_string(subject: &Subject) -> &str {
 
 /// Pending effects for the firings of one unit (`unit` is the op index, 0 for non-commits).
 pub fn pending(
-    event: &Event,
+    event: &Arc<Event>,
     unit: usize,
     now: i64,
     firings: &[Firing],
@@ -115,10 +133,6 @@ pub fn pending(
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect();
-            let mut json = action.to_json();
-            if let Some(o) = json.as_object_mut() {
-                o.insert("event".into(), event_ref(event, unit));
-            }
             out.push(PendingEffect {
                 effect: NewEffect {
                     idempotency_key: key,
@@ -131,9 +145,11 @@ pub fn pending(
                     verb: action.verb.name().into(),
                     subject: subject_string(&action.subject).into(),
                     outcome: String::new(),
-                    action: json.to_string(),
+                    action: String::new(),
                 },
                 action: action.clone(),
+                event: event.clone(),
+                unit,
             });
         }
     }
@@ -265,6 +281,7 @@ impl EffectWriter {
             logged.insert(e.idempotency_key.clone());
             let mut entry = e.clone();
             entry.outcome = outcome.as_str().into();
+            entry.action = p.action_json();
             to_log.push(entry);
             outcomes.push(outcome);
         }
@@ -419,9 +436,16 @@ mod tests {
                 verb: action.verb.name().into(),
                 subject: subject.into(),
                 outcome: String::new(),
-                action: "{}".into(),
+                action: String::new(),
             },
             action,
+            event: Arc::new(Event {
+                cursor: 1,
+                did: subject.into(),
+                time: "2026-12-01T00:00:00Z".into(),
+                body: EventBody::Identity { handle: None },
+            }),
+            unit: 0,
         }
     }
 

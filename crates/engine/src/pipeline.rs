@@ -512,7 +512,8 @@ async fn worker(
             effects: Vec::new(),
         };
         for envelope in batch.drain(..) {
-            let event = envelope.event;
+            // Shared with the pending effects it fires, which render it only if logged.
+            let event = Arc::new(envelope.event);
             let now = event_time(&event);
             let mut account = accounts.observe(&event, now);
             if let Some(identity) = &identity {
