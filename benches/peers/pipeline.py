@@ -7,7 +7,8 @@ as `serve` reads. For each partition count, a fresh `serve --relay ws://… --cu
 every event is evaluated and its effects are durable (`skywarden_lag_events` back to 0). Printed per run: events/s end to end, events per
 CPU-second of `serve` (user + system), p50/p99 of dispatch-to-durable latency (from
 `skywarden_event_latency_seconds`), and peak RSS (VmHWM). With --profile, `perf record` samples
-`serve` during the 2-partition run and the top symbols are printed.
+`serve` during the 1-partition run and the top symbols and heaviest skywarden call paths are
+printed; every run prints CPU time by thread.
 
     cargo build --release -p skywarden
     python3 benches/peers/pipeline.py [--events 100000] [--accounts 10000] [--profile]
@@ -47,6 +48,19 @@ def peak_rss_mb(pid):
     return None
 
 
+def thread_cpu(pid):
+    """CPU seconds per thread name (tokio workers, SQLite connection threads, the main thread
+    that polls the source), summed over threads of the same name."""
+    by_name = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            stat = f.read()
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        by_name[name] = by_name.get(name, 0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sorted(by_name.items(), key=lambda kv: -kv[1])
+
+
 def run(relay_port, events, partitions, profile):
     data = tempfile.mkdtemp(prefix="skywarden-pipeline-")
     http = free_port()
@@ -58,7 +72,9 @@ def run(relay_port, events, partitions, profile):
     perf = None
     if profile:
         perf_data = os.path.join(data, "perf.data")
-        perf = subprocess.Popen(["perf", "record", "-F", "499", "-g", "-o", perf_data, "-p", str(serve.pid)],
+        # DWARF unwinding: the release build has no frame pointers.
+        perf = subprocess.Popen(["perf", "record", "-F", "200", "--call-graph", "dwarf,8192", "-o", perf_data,
+                                 "-p", str(serve.pid)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     start = time.time()
     text = ""
@@ -76,6 +92,7 @@ def run(relay_port, events, partitions, profile):
     elapsed = time.time() - start
     cpu = cpu_seconds(serve.pid)
     rss = peak_rss_mb(serve.pid)
+    threads = thread_cpu(serve.pid)
     if perf:
         perf.send_signal(2)
         perf.wait()
@@ -85,19 +102,21 @@ def run(relay_port, events, partitions, profile):
     print(f"partitions {partitions}: {counted:.0f} events in {elapsed:.1f} s = {counted / elapsed:,.0f} events/s, "
           f"{counted / cpu:,.0f} events per CPU-second, latency p50 <= {quantile(text, 0.5)} s, "
           f"p99 <= {quantile(text, 0.99)} s, peak RSS {rss:.0f} MB")
+    print("  CPU by thread: " + ", ".join(f"{name} {t:.2f} s" for name, t in threads))
     if perf:
         report = subprocess.run(["perf", "report", "-i", perf_data, "--no-children", "--percent-limit", "2",
                                  "--stdio", "--sort", "symbol"], capture_output=True, text=True).stdout
-        print("top symbols (perf, 2-partition run):")
+        print("top symbols (perf, 1-partition run):")
         for line in report.splitlines():
             if re.match(r"^\s+\d+\.\d+%", line):
-                print("  " + line.strip())
-        callers = subprocess.run(["perf", "report", "-i", perf_data, "--children", "--percent-limit", "8",
+                print("  " + " ".join(line.split()))
+        callers = subprocess.run(["perf", "report", "-i", perf_data, "--children", "--percent-limit", "4",
                                   "--stdio", "--sort", "symbol", "-g", "none"], capture_output=True, text=True).stdout
         print("heaviest call paths, self + children (perf):")
         for line in callers.splitlines():
-            if re.match(r"^\s+\d+\.\d+%", line) and ("skywarden" in line or "tungstenite" in line or "tokio" in line):
-                print("  " + " ".join(line.split()[:2] + line.split()[4:])[:160])
+            if (re.match(r"^\s+\d+\.\d+%", line) and "inlined" not in line
+                    and re.search(r"skywarden_\w+::\w+|sqlite3_step|tungstenite", line)):
+                print("  " + " ".join(line.split()[:2] + line.split()[3:])[:160])
     shutil.rmtree(data, ignore_errors=True)
 
 
@@ -119,7 +138,7 @@ def main():
         print(f"simulator: {args.events} frames from {args.accounts} accounts generated in {time.time() - t0:.0f} s; "
               f"{os.cpu_count()} cores")
         for partitions in (1, 2):
-            run(relay, args.events, partitions, args.profile and partitions == 2)
+            run(relay, args.events, partitions, args.profile and partitions == 1)
     finally:
         sim.kill()
 
