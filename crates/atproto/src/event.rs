@@ -8,6 +8,7 @@ use crate::frame::{CommitError, CommitFrame, Frame, SyncFrame};
 use crate::record::Record;
 use cid::Cid;
 use serde_json::{Value, json};
+use std::borrow::Cow;
 
 /// One repo or account event.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,26 +156,54 @@ pub fn split_path(path: &str) -> Option<(&str, &str)> {
         .then_some((collection, rkey))
 }
 
-/// The signed commit object inside a commit's CAR.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SignedCommit {
+/// The signed commit object inside a commit's CAR, borrowed from the block where it can be.
+#[derive(Debug, Clone)]
+pub struct SignedCommit<'a> {
     /// The repo's DID.
-    pub did: String,
+    pub did: Cow<'a, str>,
     /// Repo format version (3).
     pub version: i64,
     /// The MST root.
     pub data: Cid,
     /// Revision.
-    pub rev: String,
+    pub rev: Cow<'a, str>,
     /// The signature over the commit without `sig`.
-    pub sig: Vec<u8>,
-    /// The DAG-CBOR bytes of the commit without `sig`: what the signature covers.
-    pub unsigned_bytes: Vec<u8>,
+    pub sig: Cow<'a, [u8]>,
+    unsigned: Unsigned<'a>,
 }
 
-impl SignedCommit {
+/// The bytes the signature covers: spliced out of a canonical block when asked for (a firehose
+/// consumer that does not verify never needs them), or encoded again from a decoded one.
+#[derive(Debug, Clone)]
+enum Unsigned<'a> {
+    Splice {
+        block: &'a [u8],
+        /// Entries in the map without `sig`.
+        entries: u64,
+        /// Where the map's entries start, and the `sig` entry's range.
+        body_start: usize,
+        sig_entry: (usize, usize),
+    },
+    Encoded(Vec<u8>),
+}
+
+impl PartialEq for SignedCommit<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.did, self.version, self.data, &self.rev, &self.sig)
+            == (
+                &other.did,
+                other.version,
+                other.data,
+                &other.rev,
+                &other.sig,
+            )
+            && self.unsigned_bytes() == other.unsigned_bytes()
+    }
+}
+
+impl<'a> SignedCommit<'a> {
     /// Decodes and checks the commit block (hash must match `cid`).
-    pub fn from_block(cid: &Cid, bytes: &[u8]) -> Result<Self, CommitError> {
+    pub fn from_block(cid: &Cid, bytes: &'a [u8]) -> Result<Self, CommitError> {
         verify_block(cid, bytes)?;
         match Self::scan_canonical(bytes) {
             Some(commit) => Ok(commit),
@@ -182,12 +211,31 @@ impl SignedCommit {
         }
     }
 
+    /// The DAG-CBOR bytes of the commit without `sig`: what the signature covers.
+    pub fn unsigned_bytes(&self) -> Cow<'_, [u8]> {
+        match &self.unsigned {
+            Unsigned::Encoded(bytes) => Cow::Borrowed(bytes),
+            Unsigned::Splice {
+                block,
+                entries,
+                body_start,
+                sig_entry: (start, end),
+            } => {
+                let mut out = Vec::with_capacity(block.len() - (end - start));
+                crate::cbor::write_head(&mut out, 5, *entries);
+                out.extend_from_slice(&block[*body_start..*start]);
+                out.extend_from_slice(&block[*end..]);
+                Cow::Owned(out)
+            }
+        }
+    }
+
     /// The fast path for a canonical block: the fields read in place, and the unsigned bytes
     /// spliced out of the block (the same bytes re-encoding would give). `None` when the block
     /// is not canonical DAG-CBOR or not a well-formed commit; the general path then decodes it
     /// and says what is wrong.
-    fn scan_canonical(bytes: &[u8]) -> Option<Self> {
-        use crate::cbor::{head, scan, string, write_head};
+    fn scan_canonical(bytes: &'a [u8]) -> Option<Self> {
+        use crate::cbor::{head, scan, string};
         let (map, mut at) = head(bytes, 0).ok()?;
         if map.major != 5 || !map.minimal {
             return None;
@@ -210,42 +258,63 @@ impl SignedCommit {
                 return None;
             }
             previous_key = Some(encoded_key);
-            let value = scan(bytes, key_end).ok().filter(|v| v.canonical)?;
             let (h, payload) = head(bytes, key_end).ok()?;
-            let text = || string(bytes, key_end).ok().map(|(_, a, b)| &bytes[a..b]);
-            match &bytes[key_start..key_end] {
-                b"did" if h.major == 3 => did = std::str::from_utf8(text()?).ok(),
-                b"rev" if h.major == 3 => rev = std::str::from_utf8(text()?).ok(),
-                b"sig" if h.major == 2 => {
-                    sig = text();
-                    sig_entry = Some((entry, value.end));
+            let value_end = match h.major {
+                // Strings are checked here, once: their bytes are the fields.
+                2 | 3 => {
+                    let (_, a, b) = string(bytes, key_end).ok()?;
+                    if !h.minimal {
+                        return None;
+                    }
+                    let raw = &bytes[a..b];
+                    match (&bytes[key_start..key_end], h.major) {
+                        (b"did", 3) => did = Some(std::str::from_utf8(raw).ok()?),
+                        (b"rev", 3) => rev = Some(std::str::from_utf8(raw).ok()?),
+                        (b"sig", 2) => {
+                            sig = Some(raw);
+                            sig_entry = Some((entry, b));
+                        }
+                        (_, 3) => {
+                            std::str::from_utf8(raw).ok()?;
+                        }
+                        _ => {}
+                    }
+                    b
                 }
-                b"version" if h.major == 0 => version = i64::try_from(h.arg).ok(),
-                b"version" if h.major == 1 => version = i64::try_from(h.arg).ok().map(|n| -1 - n),
-                b"data" if h.major == 6 && h.arg == 42 => {
-                    let (_, a, b) = string(bytes, payload).ok()?;
-                    let link = bytes.get(a..b)?.strip_prefix(&[0])?;
-                    data = Cid::try_from(link).ok();
+                _ => {
+                    let value = scan(bytes, key_end).ok().filter(|v| v.canonical)?;
+                    match &bytes[key_start..key_end] {
+                        b"version" if h.major == 0 => version = i64::try_from(h.arg).ok(),
+                        b"version" if h.major == 1 => {
+                            version = i64::try_from(h.arg).ok().map(|n| -1 - n)
+                        }
+                        b"data" if h.major == 6 && h.arg == 42 => {
+                            let (_, a, b) = string(bytes, payload).ok()?;
+                            let link = bytes.get(a..b)?.strip_prefix(&[0])?;
+                            data = Cid::try_from(link).ok();
+                        }
+                        _ => {}
+                    }
+                    value.end
                 }
-                _ => {}
-            }
-            at = value.end;
+            };
+            at = value_end;
         }
         if at != bytes.len() {
             return None;
         }
-        let (sig_start, sig_end) = sig_entry?;
-        let mut unsigned_bytes = Vec::with_capacity(bytes.len() - (sig_end - sig_start));
-        write_head(&mut unsigned_bytes, 5, map.arg - 1);
-        unsigned_bytes.extend_from_slice(&bytes[body_start..sig_start]);
-        unsigned_bytes.extend_from_slice(&bytes[sig_end..]);
         Some(SignedCommit {
-            did: did?.to_string(),
+            did: Cow::Borrowed(did?),
             version: version?,
             data: data?,
-            rev: rev?.to_string(),
-            sig: sig?.to_vec(),
-            unsigned_bytes,
+            rev: Cow::Borrowed(rev?),
+            sig: Cow::Borrowed(sig?),
+            unsigned: Unsigned::Splice {
+                block: bytes,
+                entries: map.arg - 1,
+                body_start,
+                sig_entry: sig_entry?,
+            },
         })
     }
 
@@ -276,32 +345,32 @@ impl SignedCommit {
         };
         let unsigned_bytes = encode_cbor(&Ipld::Map(map))?;
         Ok(SignedCommit {
-            did,
+            did: Cow::Owned(did),
             version,
             data,
-            rev,
-            sig,
-            unsigned_bytes,
+            rev: Cow::Owned(rev),
+            sig: Cow::Owned(sig),
+            unsigned: Unsigned::Encoded(unsigned_bytes),
         })
     }
 
     /// Verifies the signature with the account's signing key.
     pub fn verify(&self, key: &PublicKey) -> Result<(), CommitError> {
-        Ok(key.verify(&self.unsigned_bytes, &self.sig)?)
+        Ok(key.verify(&self.unsigned_bytes(), &self.sig)?)
     }
 
     fn check_matches(&self, did: &str, rev: &str) -> Result<(), CommitError> {
         if self.did != did {
             return Err(CommitError::Mismatch {
                 field: "did",
-                inner: self.did.clone(),
+                inner: self.did.to_string(),
                 outer: did.into(),
             });
         }
         if self.rev != rev {
             return Err(CommitError::Mismatch {
                 field: "rev",
-                inner: self.rev.clone(),
+                inner: self.rev.to_string(),
                 outer: rev.into(),
             });
         }
@@ -536,7 +605,7 @@ mod tests {
         unsigned.remove("sig");
         unsigned.insert("extension".into(), Ipld::List(vec![Ipld::Integer(1)]));
         assert_eq!(
-            fast.unsigned_bytes,
+            fast.unsigned_bytes().as_ref(),
             encode_cbor(&Ipld::Map(unsigned)).unwrap()
         );
     }
@@ -558,10 +627,10 @@ mod tests {
         let commit = SignedCommit::from_block(&cid_for_cbor(&odd), &odd).unwrap();
         // What the signature covers is the canonical encoding, whatever the block's form.
         assert_eq!(
-            commit.unsigned_bytes,
+            commit.unsigned_bytes(),
             SignedCommit::scan_canonical(&canonical)
                 .unwrap()
-                .unsigned_bytes
+                .unsigned_bytes()
         );
     }
 
