@@ -125,19 +125,8 @@ fn scan_at(bytes: &[u8], pos: usize, depth: usize) -> Result<Scan, ScanError> {
             let mut at = next;
             let mut previous: Option<&[u8]> = None;
             for _ in 0..h.arg {
-                if bytes.get(at).map(|b| b >> 5) != Some(3) {
-                    canonical = false;
-                }
-                let key = scan_at(bytes, at, depth + 1)?;
-                let this = &bytes[at..key.end];
-                // Canonical order is by encoded length, then bytewise, which for minimal text
-                // heads is the key's length and then its bytes.
-                if let Some(prev) = previous
-                    && (prev.len(), prev) >= (this.len(), this)
-                {
-                    canonical = false;
-                }
-                previous = Some(this);
+                let key = map_key(bytes, at, previous, depth + 1)?;
+                previous = Some(key.encoded);
                 let value = scan_at(bytes, key.end, depth + 1)?;
                 canonical &= key.canonical && value.canonical;
                 at = value.end;
@@ -157,6 +146,46 @@ fn scan_at(bytes: &[u8], pos: usize, depth: usize) -> Result<Scan, ScanError> {
         }
     };
     Ok(Scan { end, canonical })
+}
+
+/// A map key, as [`map_key`] read it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Key<'b> {
+    /// The key's text (its bytes; UTF-8 when `canonical`).
+    pub text: &'b [u8],
+    /// The key as encoded, head included: what canonical order compares.
+    pub encoded: &'b [u8],
+    /// The position after the key.
+    pub end: usize,
+    /// Text with a minimal head, valid UTF-8, and after `previous` in canonical order.
+    pub canonical: bool,
+}
+
+/// Reads the map key at `at`; `previous` is the encoded key before it in the same map.
+pub(crate) fn map_key<'b>(
+    bytes: &'b [u8],
+    at: usize,
+    previous: Option<&[u8]>,
+    depth: usize,
+) -> Result<Key<'b>, ScanError> {
+    let item = scan_at(bytes, at, depth)?;
+    let is_text = bytes.get(at).map(|b| b >> 5) == Some(3);
+    let text = if is_text {
+        let (_, start, end) = string(bytes, at)?;
+        &bytes[start..end]
+    } else {
+        &[]
+    };
+    let encoded = &bytes[at..item.end];
+    // Canonical order is by encoded length, then bytewise, which for minimal text heads is
+    // the key's length and then its bytes.
+    let in_order = previous.is_none_or(|p| (p.len(), p) < (encoded.len(), encoded));
+    Ok(Key {
+        text,
+        encoded,
+        end: item.end,
+        canonical: is_text && item.canonical && in_order,
+    })
 }
 
 /// Appends a head with the shortest encoding of `arg`.

@@ -235,7 +235,7 @@ impl<'a> SignedCommit<'a> {
     /// is not canonical DAG-CBOR or not a well-formed commit; the general path then decodes it
     /// and says what is wrong.
     fn scan_canonical(bytes: &'a [u8]) -> Option<Self> {
-        use crate::cbor::{head, scan, string};
+        use crate::cbor::{head, map_key, scan, string};
         let (map, mut at) = head(bytes, 0).ok()?;
         if map.major != 5 || !map.minimal {
             return None;
@@ -246,18 +246,12 @@ impl<'a> SignedCommit<'a> {
         let mut previous_key: Option<&[u8]> = None;
         for _ in 0..map.arg {
             let entry = at;
-            // The same canonical checks as `scan`, one entry at a time: a text key with a
-            // minimal head, after the previous one in length-first order, then the value.
-            let (key_head, key_start, key_end) = string(bytes, at).ok()?;
-            let encoded_key = &bytes[entry..key_end];
-            if key_head.major != 3
-                || !key_head.minimal
-                || std::str::from_utf8(&bytes[key_start..key_end]).is_err()
-                || previous_key.is_some_and(|p| (p.len(), p) >= (encoded_key.len(), encoded_key))
-            {
-                return None;
-            }
-            previous_key = Some(encoded_key);
+            // The same canonical checks as `scan`, one entry at a time.
+            let key = map_key(bytes, at, previous_key, 1)
+                .ok()
+                .filter(|k| k.canonical)?;
+            previous_key = Some(key.encoded);
+            let key_end = key.end;
             let (h, payload) = head(bytes, key_end).ok()?;
             let value_end = match h.major {
                 // Strings are checked here, once: their bytes are the fields.
@@ -267,7 +261,7 @@ impl<'a> SignedCommit<'a> {
                         return None;
                     }
                     let raw = &bytes[a..b];
-                    match (&bytes[key_start..key_end], h.major) {
+                    match (key.text, h.major) {
                         (b"did", 3) => did = Some(std::str::from_utf8(raw).ok()?),
                         (b"rev", 3) => rev = Some(std::str::from_utf8(raw).ok()?),
                         (b"sig", 2) => {
@@ -283,7 +277,7 @@ impl<'a> SignedCommit<'a> {
                 }
                 _ => {
                     let value = scan(bytes, key_end).ok().filter(|v| v.canonical)?;
-                    match &bytes[key_start..key_end] {
+                    match key.text {
                         b"version" if h.major == 0 => version = i64::try_from(h.arg).ok(),
                         b"version" if h.major == 1 => {
                             version = i64::try_from(h.arg).ok().map(|n| -1 - n)
