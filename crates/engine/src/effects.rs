@@ -217,20 +217,20 @@ impl EffectWriter {
             .collect();
         let mut logged = tx.logged_keys(&keys).await?;
         let mut state = BatchState::default();
-        for mode in [Mode::Live.as_str(), Mode::Shadow.as_str()] {
-            let mut subjects: Vec<&str> = batch
-                .iter()
-                .filter(|p| p.effect.mode == mode)
-                .map(|p| p.effect.subject.as_str())
-                .collect();
+        let mut subjects_by_mode: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for p in batch {
+            subjects_by_mode
+                .entry(&p.effect.mode)
+                .or_default()
+                .push(&p.effect.subject);
+        }
+        for (mode, mut subjects) in subjects_by_mode {
             subjects.sort_unstable();
             subjects.dedup();
-            if !subjects.is_empty() {
-                for (subject, kind, value) in tx.states_of(mode, &subjects).await? {
-                    state
-                        .stored
-                        .insert((mode.to_string(), subject, kind, value));
-                }
+            for (subject, kind, value) in tx.states_of(mode, &subjects).await? {
+                state
+                    .stored
+                    .insert((mode.to_string(), subject, kind, value));
             }
         }
         let mut quota_used: BTreeMap<(i64, &str), (i64, i64)> = BTreeMap::new();
