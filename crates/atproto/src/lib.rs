@@ -17,5 +17,6 @@ pub mod label;
 pub mod mst;
 pub mod record;
 pub mod syntax;
+pub mod tree;
 
 pub use cid::Cid;

@@ -1,76 +1,68 @@
 //! Records, read leniently.
 //!
-//! A record is kept as its data model value. Typed views ([`Post`], [`Profile`], ...) read the
-//! fields rules need and answer `None` (or empty) for anything missing or of the wrong shape:
-//! an unknown collection, an unknown field, or a field with an unexpected type never fails
-//! ingestion, it is just not there for the view.
+//! A record is kept as a flat [`Tree`] of its data model value. Typed views ([`Post`],
+//! [`Profile`], ...) read the fields rules need and answer `None` (or empty) for anything missing
+//! or of the wrong shape: an unknown collection, an unknown field, or a field with an unexpected
+//! type never fails ingestion, it is just not there for the view.
 
-use crate::data::{DataError, Ipld, decode_cbor, ipld_to_json};
-use std::collections::BTreeMap;
+use crate::data::{DataError, Ipld, ipld_to_json};
+use crate::tree::{Tree, Value};
 
 /// A decoded record of any collection.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
-    value: Ipld,
+    tree: Tree,
 }
 
-fn str_of<'a>(map: &'a BTreeMap<String, Ipld>, key: &str) -> Option<&'a str> {
-    match map.get(key) {
-        Some(Ipld::String(s)) => Some(s),
-        _ => None,
-    }
+fn str_of<'a>(map: Value<'a>, key: &str) -> Option<&'a str> {
+    map.get_str(key)
 }
 
-fn map_of<'a>(map: &'a BTreeMap<String, Ipld>, key: &str) -> Option<&'a BTreeMap<String, Ipld>> {
-    match map.get(key) {
-        Some(Ipld::Map(m)) => Some(m),
-        _ => None,
-    }
+/// The map under `key`, if it is a map.
+fn map_of<'a>(map: Value<'a>, key: &str) -> Option<Value<'a>> {
+    map.get(key).filter(|v| v.is_map())
 }
 
-fn list_of<'a>(map: &'a BTreeMap<String, Ipld>, key: &str) -> &'a [Ipld] {
-    match map.get(key) {
-        Some(Ipld::List(l)) => l,
-        _ => &[],
-    }
+/// The items of the list under `key` (nothing if it is missing or not a list).
+fn list_of<'a>(map: Value<'a>, key: &str) -> impl Iterator<Item = Value<'a>> + use<'a> {
+    map.get(key).into_iter().flat_map(Value::items)
 }
 
-fn int_of(map: &BTreeMap<String, Ipld>, key: &str) -> Option<i64> {
-    match map.get(key) {
-        Some(Ipld::Integer(i)) => i64::try_from(*i).ok(),
-        _ => None,
-    }
+fn int_of(map: Value<'_>, key: &str) -> Option<i64> {
+    map.get(key)?.as_i64()
 }
-
-static EMPTY: BTreeMap<String, Ipld> = BTreeMap::new();
 
 impl Record {
     /// Decodes a record block. Fails only when the bytes are not DAG-CBOR at all; a record of
     /// unexpected shape still decodes.
     pub fn from_cbor(bytes: &[u8]) -> Result<Self, DataError> {
-        decode_cbor(bytes).map(Record::from_value)
+        Tree::from_cbor(bytes).map(|tree| Record { tree })
     }
 
     /// Wraps an already decoded value (e.g. from Jetstream's JSON).
     pub fn from_value(value: Ipld) -> Self {
-        Record { value }
+        Record {
+            tree: Tree::from_ipld(&value),
+        }
     }
 
-    /// The raw value.
-    pub fn value(&self) -> &Ipld {
-        &self.value
+    /// The value as a view.
+    pub fn value(&self) -> Value<'_> {
+        self.tree.root()
+    }
+
+    /// The value as [`Ipld`].
+    pub fn to_ipld(&self) -> Ipld {
+        self.tree.to_ipld()
     }
 
     /// The record as atproto JSON.
     pub fn to_json(&self) -> serde_json::Value {
-        ipld_to_json(&self.value)
+        ipld_to_json(&self.to_ipld())
     }
 
-    fn fields(&self) -> &BTreeMap<String, Ipld> {
-        match &self.value {
-            Ipld::Map(m) => m,
-            _ => &EMPTY,
-        }
+    fn fields(&self) -> Value<'_> {
+        self.tree.root()
     }
 
     /// The record's `$type`, if it has a string one.
@@ -84,13 +76,13 @@ impl Record {
     }
 
     /// Any field by a dotted path (`embed.external.uri`); list items by index (`langs.0`).
-    pub fn get_path(&self, path: &str) -> Option<&Ipld> {
-        let mut current = &self.value;
+    pub fn get_path(&self, path: &str) -> Option<Value<'_>> {
+        let mut current = self.tree.root();
         for part in path.split('.') {
-            current = match current {
-                Ipld::Map(m) => m.get(part)?,
-                Ipld::List(l) => l.get(part.parse::<usize>().ok()?)?,
-                _ => return None,
+            current = if current.is_map() {
+                current.get(part)?
+            } else {
+                current.index(part.parse::<usize>().ok()?)?
             };
         }
         Some(current)
@@ -114,11 +106,8 @@ impl Record {
     /// The subject of a like or repost (`subject.uri`), or of a follow or block (`subject` DID),
     /// or a list item (`subject` DID).
     pub fn subject(&self) -> Option<&str> {
-        match self.fields().get("subject") {
-            Some(Ipld::String(did)) => Some(did),
-            Some(Ipld::Map(m)) => str_of(m, "uri"),
-            _ => None,
-        }
+        let subject = self.fields().get("subject")?;
+        subject.as_str().or_else(|| subject.get_str("uri"))
     }
 
     /// The `subject.cid` of a like or repost.
@@ -149,19 +138,15 @@ impl Record {
     /// Self-labels (`labels.values[].val`) the author put on the record.
     pub fn self_labels(&self) -> impl Iterator<Item = &str> {
         map_of(self.fields(), "labels")
-            .map(|l| list_of(l, "values"))
-            .unwrap_or(&[])
-            .iter()
-            .filter_map(|v| match v {
-                Ipld::Map(m) => str_of(m, "val"),
-                _ => None,
-            })
+            .into_iter()
+            .flat_map(|l| list_of(l, "values"))
+            .filter_map(|v| str_of(v, "val"))
     }
 }
 
 /// A view of an `app.bsky.feed.post` record.
 #[derive(Debug, Clone, Copy)]
-pub struct Post<'a>(&'a BTreeMap<String, Ipld>);
+pub struct Post<'a>(Value<'a>);
 
 /// A link from a reply to its parent and thread root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,24 +243,20 @@ impl<'a> Embed<'a> {
         }
     }
 
-    fn parse(map: &'a BTreeMap<String, Ipld>) -> Embed<'a> {
+    fn parse(map: Value<'a>) -> Embed<'a> {
         let kind = str_of(map, "$type").unwrap_or("");
         match kind {
             "app.bsky.embed.images" => Embed::Images(
                 list_of(map, "images")
-                    .iter()
-                    .map(|img| match img {
-                        Ipld::Map(m) => str_of(m, "alt").unwrap_or(""),
-                        _ => "",
-                    })
+                    .map(|img| str_of(img, "alt").unwrap_or(""))
                     .collect(),
             ),
             "app.bsky.embed.external" => {
-                let ext = map_of(map, "external").unwrap_or(&EMPTY);
+                let ext = map_of(map, "external");
                 Embed::External {
-                    uri: str_of(ext, "uri"),
-                    title: str_of(ext, "title"),
-                    description: str_of(ext, "description"),
+                    uri: ext.and_then(|e| str_of(e, "uri")),
+                    title: ext.and_then(|e| str_of(e, "title")),
+                    description: ext.and_then(|e| str_of(e, "description")),
                 }
             }
             "app.bsky.embed.record" => {
@@ -308,18 +289,12 @@ impl<'a> Post<'a> {
 
     /// Declared languages.
     pub fn langs(&self) -> impl Iterator<Item = &'a str> + use<'a> {
-        list_of(self.0, "langs").iter().filter_map(|v| match v {
-            Ipld::String(s) => Some(s.as_str()),
-            _ => None,
-        })
+        list_of(self.0, "langs").filter_map(Value::as_str)
     }
 
     /// Extra hashtags in the `tags` field (outside the text).
     pub fn tags(&self) -> impl Iterator<Item = &'a str> + use<'a> {
-        list_of(self.0, "tags").iter().filter_map(|v| match v {
-            Ipld::String(s) => Some(s.as_str()),
-            _ => None,
-        })
+        list_of(self.0, "tags").filter_map(Value::as_str)
     }
 
     /// The reply reference, if this post is a reply.
@@ -339,7 +314,6 @@ impl<'a> Post<'a> {
     /// The facets, skipping malformed ones.
     pub fn facets(&self) -> Vec<Facet<'a>> {
         list_of(self.0, "facets")
-            .iter()
             .filter_map(|f| {
                 let (byte_start, byte_end, features) = facet_parts(f)?;
                 Some(Facet {
@@ -354,7 +328,7 @@ impl<'a> Post<'a> {
     /// Every feature of every well-formed facet with its byte range, without allocating:
     /// `(byte_start, byte_end, feature)`.
     pub fn facet_features(&self) -> impl Iterator<Item = (i64, i64, FacetFeature<'a>)> + use<'a> {
-        list_of(self.0, "facets").iter().flat_map(|f| {
+        list_of(self.0, "facets").flat_map(|f| {
             facet_parts(f)
                 .into_iter()
                 .flat_map(|(start, end, features)| features.map(move |feat| (start, end, feat)))
@@ -363,11 +337,11 @@ impl<'a> Post<'a> {
 }
 
 /// A facet's byte range and its features, if the facet is well-formed.
-fn facet_parts(f: &Ipld) -> Option<(i64, i64, impl Iterator<Item = FacetFeature<'_>> + use<'_>)> {
-    let Ipld::Map(f) = f else { return None };
+fn facet_parts(
+    f: Value<'_>,
+) -> Option<(i64, i64, impl Iterator<Item = FacetFeature<'_>> + use<'_>)> {
     let index = map_of(f, "index")?;
-    let features = list_of(f, "features").iter().filter_map(|feat| {
-        let Ipld::Map(feat) = feat else { return None };
+    let features = list_of(f, "features").filter_map(|feat| {
         let kind = str_of(feat, "$type").unwrap_or("");
         Some(match kind {
             "app.bsky.richtext.facet#mention" => FacetFeature::Mention(str_of(feat, "did")?),
@@ -385,7 +359,7 @@ fn facet_parts(f: &Ipld) -> Option<(i64, i64, impl Iterator<Item = FacetFeature<
 
 /// A view of an `app.bsky.actor.profile` record.
 #[derive(Debug, Clone, Copy)]
-pub struct Profile<'a>(&'a BTreeMap<String, Ipld>);
+pub struct Profile<'a>(Value<'a>);
 
 impl<'a> Profile<'a> {
     /// Display name.
@@ -400,12 +374,12 @@ impl<'a> Profile<'a> {
 
     /// Whether an avatar blob is set.
     pub fn has_avatar(&self) -> bool {
-        self.0.contains_key("avatar")
+        self.0.get("avatar").is_some()
     }
 
     /// Whether a banner blob is set.
     pub fn has_banner(&self) -> bool {
-        self.0.contains_key("banner")
+        self.0.get("banner").is_some()
     }
 
     /// The pinned post's AT-URI.

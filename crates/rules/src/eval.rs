@@ -267,16 +267,20 @@ impl<'a> Cx<'_, 'a> {
                 }
             },
             (Builtin::RecordGet, Val::Str(path)) => {
-                use skywarden_atproto::data::Ipld;
-                match f.record().and_then(|r| r.get_path(path)) {
-                    Some(Ipld::String(s)) => Val::Str(s),
-                    Some(Ipld::Integer(i)) => {
-                        Val::Str(bumpalo::format!(in f.bump, "{}", i).into_bump_str())
-                    }
-                    Some(Ipld::Bool(b)) => Val::Str(if *b { "true" } else { "false" }),
-                    Some(Ipld::Link(cid)) => {
-                        Val::Str(bumpalo::format!(in f.bump, "{}", cid).into_bump_str())
-                    }
+                use skywarden_atproto::tree::{Kind, Value};
+                let Some(value) = f.record().and_then(|r| r.get_path(path)) else {
+                    return Val::Missing;
+                };
+                match value.kind() {
+                    Kind::Str(s) => Val::Str(s),
+                    Kind::Int(i) => Val::Str(bumpalo::format!(in f.bump, "{}", i).into_bump_str()),
+                    Kind::Bool(b) => Val::Str(if b { "true" } else { "false" }),
+                    Kind::Link(_) => match Value::as_link(value) {
+                        Some(cid) => {
+                            Val::Str(bumpalo::format!(in f.bump, "{}", cid).into_bump_str())
+                        }
+                        None => Val::Missing,
+                    },
                     _ => Val::Missing,
                 }
             }

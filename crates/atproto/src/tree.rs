@@ -1,0 +1,610 @@
+//! A data model value as one flat tree: nodes in one buffer, text in another.
+//!
+//! A record decoded into [`Ipld`] costs an allocation per map, per key and per string, and as
+//! many frees when the event is dropped, often on another thread. A [`Tree`] holds the same
+//! value in at most three allocations: the nodes in pre-order (a list or map node is followed by
+//! its children and records where its subtree ends), the text of every key and string, and the
+//! payloads of byte strings and links. [`Value`] is a borrowed view of one node.
+//!
+//! Decoding goes through `serde_ipld_dagcbor` with a visitor that appends nodes, so a tree
+//! accepts exactly the inputs [`crate::data::decode_cbor`] accepts, and [`Tree::to_ipld`] gives
+//! back the value that decoding into [`Ipld`] would have given.
+
+use crate::data::{DataError, Ipld};
+use cid::Cid;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// One node. Spans are `(start, len)` into the tree's text or binary buffer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Node {
+    Null,
+    Bool(bool),
+    Int(i64),
+    /// An integer outside `i64`: 16 little-endian bytes in the binary buffer.
+    BigInt(u32),
+    Float(f64),
+    Str(u32, u32),
+    Bytes(u32, u32),
+    /// A CID's binary form (already checked to parse).
+    Link(u32, u32),
+    /// `len` items follow; `end` is the index after the last node of the subtree.
+    List {
+        len: u32,
+        end: u32,
+    },
+    /// `len` entries follow, each a `Str` key node then the value's nodes.
+    Map {
+        len: u32,
+        end: u32,
+    },
+}
+
+/// A data model value in flat form. Build it with [`Tree::from_cbor`] or [`Tree::from_ipld`].
+#[derive(Clone, Default)]
+pub struct Tree {
+    nodes: Vec<Node>,
+    text: String,
+    bin: Vec<u8>,
+}
+
+/// What a node is, with its scalar payload.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind<'a> {
+    /// `null`.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// An integer (DAG-CBOR integers span −2⁶⁴ … 2⁶⁴−1).
+    Int(i128),
+    /// A float.
+    Float(f64),
+    /// A text string.
+    Str(&'a str),
+    /// A byte string.
+    Bytes(&'a [u8]),
+    /// A link, as the CID's binary form ([`Value::as_link`] parses it).
+    Link(&'a [u8]),
+    /// A list of this many items.
+    List(usize),
+    /// A map of this many entries.
+    Map(usize),
+}
+
+/// A borrowed view of one value in a [`Tree`].
+#[derive(Clone, Copy)]
+pub struct Value<'a> {
+    tree: &'a Tree,
+    at: usize,
+}
+
+fn span(start: usize, len: usize) -> Result<(u32, u32), String> {
+    match (u32::try_from(start), u32::try_from(len)) {
+        (Ok(s), Ok(l)) => Ok((s, l)),
+        _ => Err("value too large".into()),
+    }
+}
+
+impl Tree {
+    /// Decodes one DAG-CBOR value. Fails exactly when [`crate::data::decode_cbor`] fails.
+    pub fn from_cbor(bytes: &[u8]) -> Result<Tree, DataError> {
+        let mut tree = Tree {
+            nodes: Vec::with_capacity(bytes.len() / 8 + 1),
+            text: String::with_capacity(bytes.len()),
+            bin: Vec::new(),
+        };
+        let mut de = serde_ipld_dagcbor::de::Deserializer::from_slice(bytes);
+        NodeSeed(&mut tree)
+            .deserialize(&mut de)
+            .and_then(|()| de.end())
+            .map_err(|e| DataError::Cbor(e.to_string()))?;
+        Ok(tree)
+    }
+
+    /// The tree of a decoded value.
+    pub fn from_ipld(value: &Ipld) -> Tree {
+        let mut tree = Tree::default();
+        tree.push_ipld(value);
+        tree
+    }
+
+    /// The root value.
+    pub fn root(&self) -> Value<'_> {
+        Value { tree: self, at: 0 }
+    }
+
+    /// The value as [`Ipld`].
+    pub fn to_ipld(&self) -> Ipld {
+        self.root().to_ipld()
+    }
+
+    fn push_text(&mut self, s: &str) -> Result<(u32, u32), String> {
+        let start = self.text.len();
+        self.text.push_str(s);
+        span(start, s.len())
+    }
+
+    fn push_bin(&mut self, b: &[u8]) -> Result<(u32, u32), String> {
+        let start = self.bin.len();
+        self.bin.extend_from_slice(b);
+        span(start, b.len())
+    }
+
+    fn push_int(&mut self, i: i128) {
+        match i64::try_from(i) {
+            Ok(small) => self.nodes.push(Node::Int(small)),
+            Err(_) => {
+                let start = self.bin.len() as u32;
+                self.bin.extend_from_slice(&i.to_le_bytes());
+                self.nodes.push(Node::BigInt(start));
+            }
+        }
+    }
+
+    /// Appends a container node; [`Tree::close`] fills it in once its children are pushed.
+    fn open(&mut self, node: Node) -> usize {
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    fn close(&mut self, at: usize, len: usize) -> Result<(), String> {
+        let (len, end) = span(len, self.nodes.len())?;
+        self.nodes[at] = match self.nodes[at] {
+            Node::List { .. } => Node::List { len, end },
+            _ => Node::Map { len, end },
+        };
+        Ok(())
+    }
+
+    fn push_ipld(&mut self, value: &Ipld) {
+        // Values built in memory are far below the u32 spans; a failure here is a bug.
+        let fits = "value fits u32 spans";
+        match value {
+            Ipld::Null => self.nodes.push(Node::Null),
+            Ipld::Bool(b) => self.nodes.push(Node::Bool(*b)),
+            Ipld::Integer(i) => self.push_int(*i),
+            Ipld::Float(f) => self.nodes.push(Node::Float(*f)),
+            Ipld::String(s) => {
+                let (s, l) = self.push_text(s).expect(fits);
+                self.nodes.push(Node::Str(s, l));
+            }
+            Ipld::Bytes(b) => {
+                let (s, l) = self.push_bin(b).expect(fits);
+                self.nodes.push(Node::Bytes(s, l));
+            }
+            Ipld::Link(cid) => {
+                let (s, l) = self.push_bin(&cid.to_bytes()).expect(fits);
+                self.nodes.push(Node::Link(s, l));
+            }
+            Ipld::List(items) => {
+                let at = self.open(Node::List { len: 0, end: 0 });
+                for item in items {
+                    self.push_ipld(item);
+                }
+                self.close(at, items.len()).expect(fits);
+            }
+            Ipld::Map(map) => {
+                let at = self.open(Node::Map { len: 0, end: 0 });
+                for (k, v) in map {
+                    let (s, l) = self.push_text(k).expect(fits);
+                    self.nodes.push(Node::Str(s, l));
+                    self.push_ipld(v);
+                }
+                self.close(at, map.len()).expect(fits);
+            }
+        }
+    }
+
+    /// The index after the subtree at `at`.
+    fn end_of(&self, at: usize) -> usize {
+        match self.nodes[at] {
+            Node::List { end, .. } | Node::Map { end, .. } => end as usize,
+            _ => at + 1,
+        }
+    }
+
+    fn text_at(&self, start: u32, len: u32) -> &str {
+        &self.text[start as usize..(start + len) as usize]
+    }
+
+    fn bin_at(&self, start: u32, len: u32) -> &[u8] {
+        &self.bin[start as usize..(start + len) as usize]
+    }
+}
+
+impl PartialEq for Tree {
+    fn eq(&self, other: &Tree) -> bool {
+        self.to_ipld() == other.to_ipld()
+    }
+}
+
+impl fmt::Debug for Tree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.to_ipld().fmt(f)
+    }
+}
+
+impl<'a> Value<'a> {
+    /// What this value is.
+    pub fn kind(self) -> Kind<'a> {
+        let t = self.tree;
+        match t.nodes[self.at] {
+            Node::Null => Kind::Null,
+            Node::Bool(b) => Kind::Bool(b),
+            Node::Int(i) => Kind::Int(i.into()),
+            Node::BigInt(start) => {
+                let raw: [u8; 16] = t.bin[start as usize..start as usize + 16]
+                    .try_into()
+                    .expect("16 bytes were written");
+                Kind::Int(i128::from_le_bytes(raw))
+            }
+            Node::Float(x) => Kind::Float(x),
+            Node::Str(s, l) => Kind::Str(t.text_at(s, l)),
+            Node::Bytes(s, l) => Kind::Bytes(t.bin_at(s, l)),
+            Node::Link(s, l) => Kind::Link(t.bin_at(s, l)),
+            Node::List { len, .. } => Kind::List(len as usize),
+            Node::Map { len, .. } => Kind::Map(len as usize),
+        }
+    }
+
+    /// The string, if this is a text string.
+    pub fn as_str(self) -> Option<&'a str> {
+        match self.tree.nodes[self.at] {
+            Node::Str(s, l) => Some(self.tree.text_at(s, l)),
+            _ => None,
+        }
+    }
+
+    /// The integer, if this is one that fits `i64`.
+    pub fn as_i64(self) -> Option<i64> {
+        match self.tree.nodes[self.at] {
+            Node::Int(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The CID, if this is a link.
+    pub fn as_link(self) -> Option<Cid> {
+        match self.tree.nodes[self.at] {
+            Node::Link(s, l) => Cid::try_from(self.tree.bin_at(s, l)).ok(),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a map.
+    pub fn is_map(self) -> bool {
+        matches!(self.tree.nodes[self.at], Node::Map { .. })
+    }
+
+    /// The entries, if this is a map (nothing otherwise), in the order they were written.
+    pub fn entries(self) -> impl Iterator<Item = (&'a str, Value<'a>)> + use<'a> {
+        let len = match self.tree.nodes[self.at] {
+            Node::Map { len, .. } => len as usize,
+            _ => 0,
+        };
+        let tree = self.tree;
+        let mut at = self.at + 1;
+        (0..len).map(move |_| {
+            let key = Value { tree, at }.as_str().unwrap_or("");
+            let value = Value { tree, at: at + 1 };
+            at = tree.end_of(at + 1);
+            (key, value)
+        })
+    }
+
+    /// The items, if this is a list (nothing otherwise).
+    pub fn items(self) -> impl Iterator<Item = Value<'a>> + use<'a> {
+        let len = match self.tree.nodes[self.at] {
+            Node::List { len, .. } => len as usize,
+            _ => 0,
+        };
+        let tree = self.tree;
+        let mut at = self.at + 1;
+        (0..len).map(move |_| {
+            let item = Value { tree, at };
+            at = tree.end_of(at);
+            item
+        })
+    }
+
+    /// The value under `key`, if this is a map that has it.
+    pub fn get(self, key: &str) -> Option<Value<'a>> {
+        self.entries().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// The string under `key`, if this is a map and it is a string.
+    pub fn get_str(self, key: &str) -> Option<&'a str> {
+        self.get(key)?.as_str()
+    }
+
+    /// The item at `index`, if this is a list that long.
+    pub fn index(self, index: usize) -> Option<Value<'a>> {
+        self.items().nth(index)
+    }
+
+    /// The value as [`Ipld`].
+    pub fn to_ipld(self) -> Ipld {
+        match self.kind() {
+            Kind::Null => Ipld::Null,
+            Kind::Bool(b) => Ipld::Bool(b),
+            Kind::Int(i) => Ipld::Integer(i),
+            Kind::Float(x) => Ipld::Float(x),
+            Kind::Str(s) => Ipld::String(s.to_string()),
+            Kind::Bytes(b) => Ipld::Bytes(b.to_vec()),
+            Kind::Link(_) => Ipld::Link(self.as_link().expect("links are checked when built")),
+            Kind::List(_) => Ipld::List(self.items().map(Value::to_ipld).collect()),
+            Kind::Map(_) => Ipld::Map(
+                self.entries()
+                    .map(|(k, v)| (k.to_string(), v.to_ipld()))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+        }
+    }
+}
+
+impl fmt::Debug for Value<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.to_ipld().fmt(f)
+    }
+}
+
+/// Deserializes one value by appending its nodes to the tree.
+struct NodeSeed<'t>(&'t mut Tree);
+
+impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NodeSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any valid IPLD kind")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.0.nodes.push(Node::Bool(v));
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.0.push_int(v.into());
+        Ok(())
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<(), E> {
+        self.0.push_int(v);
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.0.push_int(v.into());
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.0.nodes.push(Node::Float(v));
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        let (s, l) = self.0.push_text(v).map_err(E::custom)?;
+        self.0.nodes.push(Node::Str(s, l));
+        Ok(())
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<(), E> {
+        let (s, l) = self.0.push_bin(v).map_err(E::custom)?;
+        self.0.nodes.push(Node::Bytes(s, l));
+        Ok(())
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        self.0.nodes.push(Node::Null);
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.visit_none()
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        self.deserialize(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let tree = self.0;
+        let at = tree.open(Node::List { len: 0, end: 0 });
+        let mut len = 0;
+        while seq.next_element_seed(NodeSeed(tree))?.is_some() {
+            len += 1;
+        }
+        tree.close(at, len).map_err(de::Error::custom)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let tree = self.0;
+        let at = tree.open(Node::Map { len: 0, end: 0 });
+        // Key spans, to refuse duplicates as decoding into `Ipld` does.
+        let mut keys: Vec<(u32, u32)> = Vec::new();
+        while let Some(key) = map.next_key_seed(KeySeed(tree))? {
+            let text = tree.text_at(key.0, key.1);
+            if keys.iter().any(|&(s, l)| tree.text_at(s, l) == text) {
+                return Err(de::Error::custom("Duplicate map key"));
+            }
+            keys.push(key);
+            map.next_value_seed(NodeSeed(tree))?;
+        }
+        tree.close(at, keys.len()).map_err(de::Error::custom)
+    }
+
+    /// Newtype structs are how `serde_ipld_dagcbor` hands over CIDs (tag 42).
+    fn visit_newtype_struct<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_bytes(LinkSeed(self.0))
+    }
+}
+
+/// A map key: must be a text string.
+struct KeySeed<'t>(&'t mut Tree);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = (u32, u32);
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(u32, u32), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = (u32, u32);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string map key")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(u32, u32), E> {
+        let key = self.0.push_text(v).map_err(E::custom)?;
+        self.0.nodes.push(Node::Str(key.0, key.1));
+        Ok(key)
+    }
+}
+
+/// A CID's bytes, checked to parse.
+struct LinkSeed<'t>(&'t mut Tree);
+
+impl<'de> Visitor<'de> for LinkSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a valid CID in bytes")
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<(), E> {
+        Cid::try_from(v).map_err(|_| E::custom(format!("Failed to deserialize CID: {v:?}")))?;
+        let (s, l) = self.0.push_bin(v).map_err(E::custom)?;
+        self.0.nodes.push(Node::Link(s, l));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{decode_cbor, encode_cbor};
+
+    fn sample() -> Ipld {
+        let json = serde_json::json!({
+            "$type": "app.bsky.feed.post",
+            "text": "héllo",
+            "langs": ["en", "fr"],
+            "n": -3,
+            "big": 0,
+            "flag": true,
+            "none": null,
+            "embed": {"images": [{"alt": "a", "image": {"$type": "blob",
+                "ref": {"$link": "bafkreibme22gw2h7y2h7tg2fhqotaqjucnbc24deqo72b6mkl2egezxhvy"},
+                "mimeType": "image/png", "size": 10}}]},
+            "raw": {"$bytes": "AQID"}
+        });
+        let mut v = crate::data::json_to_ipld(&json).unwrap();
+        if let Ipld::Map(m) = &mut v {
+            m.insert("big".into(), Ipld::Integer(-(1i128 << 64)));
+            m.insert("float".into(), Ipld::Float(1.5));
+        }
+        v
+    }
+
+    #[test]
+    fn cbor_and_ipld_trees_give_back_the_value() {
+        let value = sample();
+        let bytes = encode_cbor(&value).unwrap();
+        assert_eq!(Tree::from_cbor(&bytes).unwrap().to_ipld(), value);
+        assert_eq!(Tree::from_ipld(&value).to_ipld(), value);
+    }
+
+    #[test]
+    fn views_read_nested_values() {
+        let tree = Tree::from_ipld(&sample());
+        let root = tree.root();
+        assert_eq!(root.get_str("text"), Some("héllo"));
+        assert_eq!(root.get("n").and_then(Value::as_i64), Some(-3));
+        assert_eq!(
+            root.get("big").map(Value::kind),
+            Some(Kind::Int(-(1i128 << 64)))
+        );
+        let langs: Vec<_> = root
+            .get("langs")
+            .unwrap()
+            .items()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(langs, ["en", "fr"]);
+        let image = root
+            .get("embed")
+            .and_then(|e| e.get("images"))
+            .and_then(|l| l.index(0));
+        assert_eq!(image.and_then(|i| i.get_str("alt")), Some("a"));
+        let link = image
+            .and_then(|i| i.get("image"))
+            .and_then(|b| b.get("ref"));
+        assert_eq!(
+            link.and_then(Value::as_link)
+                .map(|c| c.to_string())
+                .as_deref(),
+            Some("bafkreibme22gw2h7y2h7tg2fhqotaqjucnbc24deqo72b6mkl2egezxhvy")
+        );
+        // Past the nested subtrees, siblings are still found.
+        assert_eq!(
+            root.get("raw").map(Value::kind),
+            Some(Kind::Bytes(&[1, 2, 3]))
+        );
+        assert!(root.get("missing").is_none());
+        assert!(root.get_str("n").is_none());
+        assert_eq!(root.get("text").unwrap().items().count(), 0);
+    }
+
+    /// Hand-made inputs on the edges of DAG-CBOR: a tree must accept and refuse exactly what
+    /// decoding into `Ipld` does, and give the same value.
+    #[test]
+    fn accepts_exactly_what_decoding_into_ipld_accepts() {
+        let cases: &[&[u8]] = &[
+            &[0xa1, 0x61, b'a', 0x01],                               // {"a": 1}
+            &[0xa2, 0x61, b'b', 0x01, 0x61, b'a', 0x02],             // unsorted keys
+            &[0xa2, 0x61, b'a', 0x01, 0x61, b'a', 0x02],             // duplicate keys
+            &[0xa1, 0x01, 0x01],                                     // integer key
+            &[0x9f, 0x01, 0xff],                                     // indefinite list
+            &[0x18, 0x01],                                           // non-minimal integer
+            &[0xfa, 0x3f, 0xc0, 0x00, 0x00],                         // f32
+            &[0xf7],                                                 // undefined
+            &[0xc1, 0x01],                                           // tag 1
+            &[0xd8, 0x2a, 0x42, 0x00, 0x01],                         // tag 42, bad CID
+            &[0x62, 0xff, 0xfe],                                     // invalid UTF-8
+            &[0x01, 0x02],                                           // trailing data
+            &[0x82, 0x01],                                           // truncated list
+            &[0x3b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], // -2^64
+            &[0xf6],
+            &[0x80],
+            &[0xa0],
+        ];
+        for case in cases {
+            let ours = Tree::from_cbor(case).map(|t| t.to_ipld());
+            let theirs = decode_cbor(case);
+            assert_eq!(
+                ours.is_ok(),
+                theirs.is_ok(),
+                "{case:02x?}: {ours:?} vs {theirs:?}"
+            );
+            if let (Ok(a), Ok(b)) = (ours, theirs) {
+                assert_eq!(a, b, "{case:02x?}");
+            }
+        }
+        let deep: Vec<u8> = std::iter::repeat_n(0x81, 200).chain([0x01]).collect();
+        assert!(Tree::from_cbor(&deep).is_err());
+        assert!(decode_cbor(&deep).is_err());
+    }
+}
