@@ -477,9 +477,7 @@ pub fn partition_of(did: &str, partitions: usize) -> usize {
 /// The evaluation time of an event: its own time, so a replay counts into the same windows
 /// and sees the same ages; the wall clock if the time does not parse.
 pub fn event_time(event: &Event) -> i64 {
-    Datetime::new(&event.time)
-        .map(|d| d.timestamp_micros())
-        .unwrap_or_else(|_| now_micros())
+    Datetime::parse_micros(&event.time).unwrap_or_else(|_| now_micros())
 }
 
 #[allow(clippy::too_many_arguments)]

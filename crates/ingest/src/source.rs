@@ -321,11 +321,11 @@ impl Source {
             self.metrics.signatures_verified.fetch_add(1, Relaxed);
         }
         if raw.received_micros > 0
-            && let Ok(t) = skywarden_atproto::syntax::Datetime::new(&event.time)
+            && let Ok(t) = skywarden_atproto::syntax::Datetime::parse_micros(&event.time)
         {
             self.metrics
                 .lag_micros
-                .store(raw.received_micros - t.timestamp_micros(), Relaxed);
+                .store(raw.received_micros - t, Relaxed);
         }
     }
 }

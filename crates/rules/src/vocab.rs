@@ -201,8 +201,8 @@ fields! {
         => |f| opt(f.record().and_then(Record::record_type));
     "record.created_at": Timestamp ?o = "the record's `createdAt`, if it parses"
         => |f| match f.record().and_then(Record::created_at)
-            .and_then(|t| skywarden_atproto::syntax::Datetime::new(t).ok()) {
-            Some(t) => Val::Time(t.timestamp_micros()),
+            .and_then(|t| skywarden_atproto::syntax::Datetime::parse_micros(t).ok()) {
+            Some(t) => Val::Time(t),
             None => Val::Missing,
         };
     "record.self_labels": List = "self-labels the author put on the record"
