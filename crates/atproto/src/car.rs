@@ -86,7 +86,9 @@ impl<'a> Car<'a> {
                 header.version
             )));
         }
-        let mut blocks = Vec::new();
+        // A commit carries its signed block, the records and a few MST nodes: one allocation
+        // for the usual count instead of growing from empty.
+        let mut blocks = Vec::with_capacity(8);
         let mut pos = header_end;
         while pos < input.len() {
             let (len, used) = read_varint(&input[pos..]).ok_or(CarError::Truncated(pos))?;
