@@ -9,7 +9,6 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use cid::Cid;
 pub use ipld_core::ipld::Ipld;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 
 /// Multicodec code of DAG-CBOR, the codec of every atproto record and repo node.
 pub const DAG_CBOR: u64 = 0x71;
@@ -51,7 +50,7 @@ pub enum DataError {
     },
 }
 
-fn model_err(path: &str, message: impl Into<String>) -> DataError {
+pub(crate) fn model_err(path: &str, message: impl Into<String>) -> DataError {
     DataError::Model {
         path: if path.is_empty() {
             "/".into()
@@ -109,89 +108,10 @@ pub fn verify_block(cid: &Cid, bytes: &[u8]) -> Result<(), DataError> {
 /// checking the data model rules: the top level is an object, no non-integer floats, `$type`
 /// a non-empty string, well-formed links, bytes and blobs.
 pub fn json_to_ipld(value: &serde_json::Value) -> Result<Ipld, DataError> {
-    if !value.is_object() {
-        return Err(model_err("", "top level must be an object"));
-    }
-    convert_json(value, &mut String::new())
+    crate::tree::Tree::from_json(value).map(|tree| tree.to_ipld())
 }
 
-fn convert_json(value: &serde_json::Value, path: &mut String) -> Result<Ipld, DataError> {
-    use serde_json::Value as J;
-    Ok(match value {
-        J::Null => Ipld::Null,
-        J::Bool(b) => Ipld::Bool(*b),
-        J::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Ipld::Integer(i.into())
-            } else if let Some(u) = n.as_u64() {
-                Ipld::Integer(u.into())
-            } else {
-                // JSON writers print some integers as `123.0`; that is still an integer.
-                let f = n.as_f64().unwrap_or(f64::NAN);
-                if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
-                    Ipld::Integer(f as i128)
-                } else {
-                    return Err(model_err(path, format!("float {n} is not allowed")));
-                }
-            }
-        }
-        J::String(s) => Ipld::String(s.clone()),
-        J::Array(items) => {
-            let mut out = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
-                let len = path.len();
-                path.push_str(&format!("/{i}"));
-                out.push(convert_json(item, path)?);
-                path.truncate(len);
-            }
-            Ipld::List(out)
-        }
-        J::Object(map) => {
-            if let Some(link) = map.get("$link") {
-                if map.len() != 1 {
-                    return Err(model_err(path, "$link object must have no other fields"));
-                }
-                let s = link
-                    .as_str()
-                    .ok_or_else(|| model_err(path, "$link must be a string"))?;
-                let cid = Cid::try_from(s)
-                    .map_err(|e| model_err(path, format!("$link is not a CID: {e}")))?;
-                return Ok(Ipld::Link(cid));
-            }
-            if let Some(bytes) = map.get("$bytes") {
-                if map.len() != 1 {
-                    return Err(model_err(path, "$bytes object must have no other fields"));
-                }
-                let s = bytes
-                    .as_str()
-                    .ok_or_else(|| model_err(path, "$bytes must be a base64 string"))?;
-                return Ok(Ipld::Bytes(
-                    decode_base64(s)
-                        .ok_or_else(|| model_err(path, "$bytes is not valid base64"))?,
-                ));
-            }
-            if let Some(t) = map.get("$type") {
-                match t.as_str() {
-                    Some("") => return Err(model_err(path, "$type must not be empty")),
-                    Some("blob") => check_blob_json(map, path)?,
-                    Some(_) => {}
-                    None => return Err(model_err(path, "$type must be a string")),
-                }
-            }
-            let mut out = BTreeMap::new();
-            for (k, v) in map {
-                let len = path.len();
-                path.push('/');
-                path.push_str(k);
-                out.insert(k.clone(), convert_json(v, path)?);
-                path.truncate(len);
-            }
-            Ipld::Map(out)
-        }
-    })
-}
-
-fn check_blob_json(
+pub(crate) fn check_blob_json(
     map: &serde_json::Map<String, serde_json::Value>,
     path: &str,
 ) -> Result<(), DataError> {
@@ -300,7 +220,7 @@ mod tests {
 
     #[test]
     fn cid_of_empty_map_is_stable() {
-        let bytes = encode_cbor(&Ipld::Map(BTreeMap::new())).unwrap();
+        let bytes = encode_cbor(&Ipld::Map(std::collections::BTreeMap::new())).unwrap();
         assert_eq!(bytes, [0xa0]);
         let cid = cid_for_cbor(&bytes);
         verify_block(&cid, &bytes).unwrap();

@@ -39,7 +39,13 @@ impl Record {
         Tree::from_cbor(bytes).map(|tree| Record { tree })
     }
 
-    /// Wraps an already decoded value (e.g. from Jetstream's JSON).
+    /// Reads a record from atproto JSON (Jetstream), with the checks of
+    /// [`crate::data::json_to_ipld`].
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, DataError> {
+        Tree::from_json(value).map(|tree| Record { tree })
+    }
+
+    /// Wraps an already decoded value.
     pub fn from_value(value: Ipld) -> Self {
         Record {
             tree: Tree::from_ipld(&value),

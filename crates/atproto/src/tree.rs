@@ -10,7 +10,7 @@
 //! accepts exactly the inputs [`crate::data::decode_cbor`] accepts, and [`Tree::to_ipld`] gives
 //! back the value that decoding into [`Ipld`] would have given.
 
-use crate::data::{DataError, Ipld};
+use crate::data::{DataError, Ipld, check_blob_json, decode_base64, model_err};
 use cid::Cid;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use std::collections::BTreeMap;
@@ -100,6 +100,103 @@ impl Tree {
             .and_then(|()| de.end())
             .map_err(|e| DataError::Cbor(e.to_string()))?;
         Ok(tree)
+    }
+
+    /// Converts atproto JSON (with `$link`, `$bytes` and blob objects), checking the data model
+    /// rules: the top level is an object, no non-integer floats, `$type` a non-empty string,
+    /// well-formed links, bytes and blobs. [`crate::data::json_to_ipld`] is this, as `Ipld`.
+    pub fn from_json(value: &serde_json::Value) -> Result<Tree, DataError> {
+        if !value.is_object() {
+            return Err(model_err("", "top level must be an object"));
+        }
+        let mut tree = Tree::default();
+        tree.push_json(value, &mut String::new())?;
+        Ok(tree)
+    }
+
+    fn push_json(&mut self, value: &serde_json::Value, path: &mut String) -> Result<(), DataError> {
+        use serde_json::Value as J;
+        match value {
+            J::Null => self.nodes.push(Node::Null),
+            J::Bool(b) => self.nodes.push(Node::Bool(*b)),
+            J::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    self.push_int(i.into());
+                } else if let Some(u) = n.as_u64() {
+                    self.push_int(u.into());
+                } else {
+                    // JSON writers print some integers as `123.0`; that is still an integer.
+                    let f = n.as_f64().unwrap_or(f64::NAN);
+                    if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+                        self.push_int(f as i128);
+                    } else {
+                        return Err(model_err(path, format!("float {n} is not allowed")));
+                    }
+                }
+            }
+            J::String(s) => {
+                let (s, l) = self.push_text(s).map_err(too_large(path))?;
+                self.nodes.push(Node::Str(s, l));
+            }
+            J::Array(items) => {
+                let at = self.open(Node::List { len: 0, end: 0 });
+                for (i, item) in items.iter().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("/{i}"));
+                    self.push_json(item, path)?;
+                    path.truncate(len);
+                }
+                self.close(at, items.len()).map_err(too_large(path))?;
+            }
+            J::Object(map) => {
+                if let Some(link) = map.get("$link") {
+                    if map.len() != 1 {
+                        return Err(model_err(path, "$link object must have no other fields"));
+                    }
+                    let s = link
+                        .as_str()
+                        .ok_or_else(|| model_err(path, "$link must be a string"))?;
+                    let cid = Cid::try_from(s)
+                        .map_err(|e| model_err(path, format!("$link is not a CID: {e}")))?;
+                    let (s, l) = self.push_bin(&cid.to_bytes()).map_err(too_large(path))?;
+                    self.nodes.push(Node::Link(s, l));
+                    return Ok(());
+                }
+                if let Some(bytes) = map.get("$bytes") {
+                    if map.len() != 1 {
+                        return Err(model_err(path, "$bytes object must have no other fields"));
+                    }
+                    let s = bytes
+                        .as_str()
+                        .ok_or_else(|| model_err(path, "$bytes must be a base64 string"))?;
+                    let raw = decode_base64(s)
+                        .ok_or_else(|| model_err(path, "$bytes is not valid base64"))?;
+                    let (s, l) = self.push_bin(&raw).map_err(too_large(path))?;
+                    self.nodes.push(Node::Bytes(s, l));
+                    return Ok(());
+                }
+                if let Some(t) = map.get("$type") {
+                    match t.as_str() {
+                        Some("") => return Err(model_err(path, "$type must not be empty")),
+                        Some("blob") => check_blob_json(map, path)?,
+                        Some(_) => {}
+                        None => return Err(model_err(path, "$type must be a string")),
+                    }
+                }
+                let at = self.open(Node::Map { len: 0, end: 0 });
+                for (k, v) in map {
+                    let (s, l) = self.push_text(k).map_err(too_large(path))?;
+                    self.nodes.push(Node::Str(s, l));
+                    let len = path.len();
+                    path.push('/');
+                    path.push_str(k);
+                    self.push_json(v, path)?;
+                    path.truncate(len);
+                }
+                self.close(at, map.len()).map_err(too_large(path))?;
+            }
+        }
+        Ok(())
     }
 
     /// The tree of a decoded value.
@@ -347,6 +444,11 @@ impl fmt::Debug for Value<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.to_ipld().fmt(f)
     }
+}
+
+/// Maps a span overflow to a data model error at `path`.
+fn too_large(path: &str) -> impl FnOnce(String) -> DataError + '_ {
+    move |e| model_err(path, e)
 }
 
 /// Deserializes one value by appending its nodes to the tree.

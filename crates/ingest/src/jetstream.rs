@@ -5,7 +5,6 @@ use crate::firehose::{Ws, WsSettings, stream_url};
 use crate::metrics::SourceMetrics;
 use crate::{RawFrame, now_micros};
 use serde::Deserialize;
-use skywarden_atproto::data::json_to_ipld;
 use skywarden_atproto::event::{Action, Commit, Event, EventBody, Op, SignatureCheck};
 use skywarden_atproto::record::Record;
 use skywarden_atproto::syntax::Datetime;
@@ -187,8 +186,8 @@ pub fn decode_message(json: &[u8]) -> Result<Event, String> {
             };
             let (record, record_problem) = match (&c.record, action) {
                 (_, Action::Delete) => (None, None),
-                (Some(r), _) => match json_to_ipld(r) {
-                    Ok(v) => (Some(Record::from_value(v)), None),
+                (Some(r), _) => match Record::from_json(r) {
+                    Ok(record) => (Some(record), None),
                     Err(e) => (None, Some(e.to_string())),
                 },
                 (None, _) => (None, Some("no record in message".into())),
