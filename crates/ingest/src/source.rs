@@ -202,39 +202,50 @@ impl Source {
             let Some(raw) = self.next_transport_frame().await? else {
                 return Ok(None);
             };
-            if self.observe(&raw)? {
+            let carries_event = if self.format == Format::Jetstream {
+                self.observe_jetstream(&raw)
+            } else {
+                let frame = decode_frame(&raw.bytes);
+                self.observe(&raw, frame.as_ref().ok())?
+            };
+            if carries_event {
                 return Ok(Some(raw));
             }
         }
     }
 
-    /// Counts a frame and handles stream control; true when it carries an event to decode.
-    fn observe(&mut self, raw: &RawFrame) -> Result<bool, SourceError> {
+    /// Counts a Jetstream message and advances the cursor; every message carries an event.
+    fn observe_jetstream(&mut self, raw: &RawFrame) -> bool {
         self.metrics
             .bytes
             .fetch_add(raw.bytes.len() as u64, Relaxed);
-        if self.format == Format::Jetstream {
-            self.metrics.frame("jetstream");
-            // The cursor must advance in raw mode too (recording), so read just `time_us`.
-            #[derive(serde::Deserialize)]
-            struct Cursor {
-                time_us: i64,
-            }
-            if let Ok(c) = serde_json::from_slice::<Cursor>(&raw.bytes) {
-                self.resume_cursor = Some(c.time_us);
-            }
-            return Ok(true);
+        self.metrics.frame("jetstream");
+        // The cursor must advance in raw mode too (recording), so read just `time_us`.
+        #[derive(serde::Deserialize)]
+        struct Cursor {
+            time_us: i64,
         }
-        let frame = match decode_frame(&raw.bytes) {
-            Ok(f) => f,
-            // Undecodable frames still go to the decoder, which counts and logs them.
-            Err(_) => return Ok(true),
+        if let Ok(c) = serde_json::from_slice::<Cursor>(&raw.bytes) {
+            self.resume_cursor = Some(c.time_us);
+        }
+        true
+    }
+
+    /// Counts a firehose frame (`frame` is `None` when it does not decode) and handles stream
+    /// control; true when it carries an event to decode.
+    fn observe(&mut self, raw: &RawFrame, frame: Option<&Frame<'_>>) -> Result<bool, SourceError> {
+        self.metrics
+            .bytes
+            .fetch_add(raw.bytes.len() as u64, Relaxed);
+        // Undecodable frames still go on to the decoder, which counts and logs them.
+        let Some(frame) = frame else {
+            return Ok(true);
         };
-        self.metrics.frame(match &frame {
+        self.metrics.frame(match frame {
             Frame::Unknown { .. } => "unknown",
             f => f.kind(),
         });
-        match &frame {
+        match frame {
             Frame::Info(info) => {
                 if info.name == "OutdatedCursor" {
                     self.metrics.outdated_cursor.fetch_add(1, Relaxed);
@@ -270,10 +281,24 @@ impl Source {
     /// The next event that passes the consumer checks; `None` when an archive ends.
     pub async fn next_event(&mut self) -> Result<Option<Event>, SourceError> {
         loop {
-            let Some(raw) = self.next_raw().await? else {
+            let Some(raw) = self.next_transport_frame().await? else {
                 return Ok(None);
             };
-            let event = match self.decode(&raw) {
+            // Each frame is decoded once: the same decoded frame is counted and turned into
+            // the event.
+            let decoded = if self.format == Format::Jetstream {
+                self.observe_jetstream(&raw);
+                decode_message(&raw.bytes).map(Some)
+            } else {
+                let frame = decode_frame(&raw.bytes);
+                if !self.observe(&raw, frame.as_ref().ok())? {
+                    continue;
+                }
+                frame
+                    .map_err(|e| e.to_string())
+                    .and_then(|frame| self.to_event(&frame))
+            };
+            let event = match decoded {
                 Ok(Some(event)) => event,
                 Ok(None) => continue,
                 Err(message) => {
@@ -292,11 +317,9 @@ impl Source {
         }
     }
 
-    fn decode(&self, raw: &RawFrame) -> Result<Option<Event>, String> {
-        if self.format == Format::Jetstream {
-            return decode_message(&raw.bytes).map(Some);
-        }
-        let frame = decode_frame(&raw.bytes).map_err(|e| e.to_string())?;
+    /// The event of a decoded firehose frame, its commit checked against the account's key
+    /// when one is known.
+    fn to_event(&self, frame: &Frame<'_>) -> Result<Option<Event>, String> {
         let key = match (&self.config.keys, frame.did()) {
             (Some(keys), Some(did)) => keys.key_for(did),
             _ => None,
