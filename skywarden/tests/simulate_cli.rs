@@ -93,7 +93,11 @@ fn an_archive_with_ground_truth_decodes_and_serve_acts_on_it() {
         String::from_utf8_lossy(&served.stderr)
     );
     let log = String::from_utf8_lossy(&served.stderr);
-    for rule in ["identical-replies", "domain-hopping-link-spam", "bad-word-post"] {
+    for rule in [
+        "identical-replies",
+        "domain-hopping-link-spam",
+        "bad-word-post",
+    ] {
         assert!(
             log.contains(&format!("rule={rule}")),
             "{rule} did not fire:\n{log}"
