@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use skywarden_atproto::syntax::{AtUri, Did, validate_cid_str};
 use skywarden_store::labels::{LabelQuery, LabelStore, UriPattern};
 use skywarden_store::moderation::{
-    Emitted, EventQuery, Member, ModEventRow, ModStore, StatusCursor, StatusQuery, StatusSort,
-    SubjectKind, SubjectRef, SubjectStatus,
+    BatchEmit, Emitted, EventQuery, Member, ModEventRow, ModStore, NewModEvent, StatusCursor,
+    StatusQuery, StatusSort, SubjectKind, SubjectRef, SubjectStatus, TransitionFn,
 };
 use std::collections::HashMap;
 use std::future::Future;
@@ -439,8 +439,38 @@ impl Moderation {
         })
     }
 
-    /// Appends an event and its status change; the shared path of reports, `emitEvent` and
-    /// the engine.
+    /// The stored form of a parsed event.
+    #[allow(clippy::too_many_arguments)]
+    fn new_event(
+        subject: &SubjectRef,
+        subject_json: &Value,
+        parsed: &Parsed,
+        created_by: &str,
+        created_at: &str,
+        mod_tool: Option<&Value>,
+        external_id: Option<&str>,
+        blob_cids: &[String],
+    ) -> NewModEvent {
+        NewModEvent {
+            event_type: parsed.kind.type_name(),
+            subject: subject.clone(),
+            subject_json: subject_json.to_string(),
+            event_json: parsed.json.to_string(),
+            blob_cids: blob_cids.to_vec(),
+            created_by: created_by.to_string(),
+            created_at: created_at.to_string(),
+            mod_tool: mod_tool.map(Value::to_string),
+            external_id: external_id.map(str::to_string),
+            comment: parsed.comment.clone(),
+            report_type: parsed.report_type.clone(),
+            added_labels: parsed.create_labels.clone(),
+            removed_labels: parsed.negate_labels.clone(),
+            added_tags: parsed.add_tags.clone(),
+            removed_tags: parsed.remove_tags.clone(),
+        }
+    }
+
+    /// Appends an event and its status change; the shared path of reports and `emitEvent`.
     #[allow(clippy::too_many_arguments)]
     async fn append(
         &self,
@@ -455,23 +485,16 @@ impl Moderation {
     ) -> Result<(ModEventRow, Option<SubjectStatus>), XrpcError> {
         let now = now_micros();
         let created_at = datetime_ms(now);
-        let new = skywarden_store::moderation::NewModEvent {
-            event_type: parsed.kind.type_name(),
-            subject: subject.clone(),
-            subject_json: subject_json.to_string(),
-            event_json: parsed.json.to_string(),
-            blob_cids: blob_cids.to_vec(),
-            created_by: created_by.to_string(),
-            created_at: created_at.clone(),
-            mod_tool: mod_tool.map(Value::to_string),
-            external_id: external_id.map(str::to_string),
-            comment: parsed.comment.clone(),
-            report_type: parsed.report_type.clone(),
-            added_labels: parsed.create_labels.clone(),
-            removed_labels: parsed.negate_labels.clone(),
-            added_tags: parsed.add_tags.clone(),
-            removed_tags: parsed.remove_tags.clone(),
-        };
+        let new = Self::new_event(
+            subject,
+            subject_json,
+            parsed,
+            created_by,
+            &created_at,
+            mod_tool,
+            external_id,
+            blob_cids,
+        );
         let cx = Context {
             subject,
             created_by,
@@ -500,28 +523,86 @@ impl Moderation {
         &self,
         e: &AutomatedEvent,
     ) -> Result<Option<ModEventRow>, XrpcError> {
-        let parsed = event::parse(&e.event)?;
-        if let Some(r) = &e.record {
-            self.store.put_record(r).await?;
+        let mut filed = self.emit_automated_batch(std::slice::from_ref(e)).await?;
+        filed.pop().unwrap_or(Ok(None))
+    }
+
+    /// Files automated events in one store transaction (one commit for the whole batch, not
+    /// one per event), in order. Returns one result per event: the event as stored, `None`
+    /// for a re-run (same `external_id`), or why it was refused (a malformed event); a store
+    /// failure fails the whole batch, and nothing of it is written.
+    pub async fn emit_automated_batch(
+        &self,
+        events: &[AutomatedEvent],
+    ) -> Result<Vec<Result<Option<ModEventRow>, XrpcError>>, XrpcError> {
+        let now = now_micros();
+        let created_at = datetime_ms(now);
+        let created_by = self.config.service_did.as_str();
+        let parsed: Vec<Result<(Parsed, NewModEvent), XrpcError>> = events
+            .iter()
+            .map(|e| {
+                let parsed = event::parse(&e.event)?;
+                let new = Self::new_event(
+                    &e.subject,
+                    &view::subject(&e.subject),
+                    &parsed,
+                    created_by,
+                    &created_at,
+                    Some(&e.mod_tool),
+                    Some(&e.external_id),
+                    &[],
+                );
+                Ok((parsed, new))
+            })
+            .collect();
+        let transitions: Vec<Box<TransitionFn<'_>>> = events
+            .iter()
+            .zip(&parsed)
+            .filter_map(|(e, p)| {
+                let (parsed, _) = p.as_ref().ok()?;
+                let cx = Context {
+                    subject: &e.subject,
+                    created_by,
+                    created_at: &created_at,
+                    now_micros: now,
+                    blob_cids: &[],
+                };
+                Some(Box::new(move |current: Option<&SubjectStatus>| {
+                    event::transition(parsed, current, &cx)
+                }) as Box<TransitionFn<'_>>)
+            })
+            .collect();
+        let batch: Vec<BatchEmit<'_>> = events
+            .iter()
+            .zip(&parsed)
+            .filter_map(|(e, p)| Some((e, &p.as_ref().ok()?.1)))
+            .zip(&transitions)
+            .map(|((e, new), transition)| BatchEmit {
+                event: new,
+                transition: transition.as_ref(),
+                record: e.record.as_ref(),
+            })
+            .collect();
+        let mut emitted = self.store.emit_batch(&batch).await?.into_iter();
+        drop(batch);
+        drop(transitions);
+        let mut out = Vec::with_capacity(events.len());
+        for p in parsed {
+            out.push(match p {
+                Err(refused) => Err(refused),
+                Ok((_, new)) => match emitted.next() {
+                    Some(Emitted::Appended { event, .. }) => {
+                        self.metrics.event(&new.event_type, "engine");
+                        Ok(Some(event))
+                    }
+                    _ => Ok(None),
+                },
+            });
         }
-        let subject_json = view::subject(&e.subject);
-        match self
-            .append(
-                &e.subject,
-                &subject_json,
-                &parsed,
-                &self.config.service_did.clone(),
-                Some(&e.mod_tool),
-                Some(&e.external_id),
-                &[],
-                "engine",
-            )
-            .await
-        {
-            Ok((event, _)) => Ok(Some(event)),
-            Err(err) if err.error == "DuplicateExternalId" => Ok(None),
-            Err(err) => Err(err),
+        if out.iter().any(|r| matches!(r, Ok(Some(_)))) {
+            self.wake.notify_waiters();
         }
+        Ok(out)
     }
 
     fn rate_limited(&self, reporter: &str) -> bool {

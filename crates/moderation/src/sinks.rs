@@ -170,21 +170,32 @@ pub async fn engine_pass(
     let Some(last) = rows.last().map(|r| r.id) else {
         return Ok(false);
     };
+    // The whole pass is filed in one transaction: a commit per event would rewrite the
+    // queue's index pages once per event.
+    let mut filed = Vec::with_capacity(rows.len());
+    let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
         match event_for_effect(row) {
             Ok(Some(ev)) => {
-                if let Err(e) = moderation.emit_automated(&ev).await {
-                    if e.status >= 500 {
-                        return Err(e.to_string());
-                    }
-                    moderation.metrics().sink_skipped("engine", "refused");
-                    tracing::warn!(effect = row.id, rule = %row.effect.rule, error = %e, "effect not filed as a moderation event");
-                }
+                filed.push(row);
+                events.push(ev);
             }
             Ok(None) => {}
             Err(reason) => {
                 moderation.metrics().sink_skipped("engine", reason);
                 tracing::warn!(effect = row.id, rule = %row.effect.rule, reason, "effect not filed as a moderation event");
+            }
+        }
+    }
+    if !events.is_empty() {
+        let outcomes = moderation
+            .emit_automated_batch(&events)
+            .await
+            .map_err(|e| e.to_string())?;
+        for (row, outcome) in filed.iter().zip(outcomes) {
+            if let Err(e) = outcome {
+                moderation.metrics().sink_skipped("engine", "refused");
+                tracing::warn!(effect = row.id, rule = %row.effect.rule, error = %e, "effect not filed as a moderation event");
             }
         }
     }

@@ -168,6 +168,28 @@ pub enum Emitted {
     DuplicateExternalId,
 }
 
+/// A status transition: the next status from the current one (see [`ModStore::emit`]).
+pub type TransitionFn<'a> = dyn Fn(Option<&SubjectStatus>) -> Transition + Send + Sync + 'a;
+
+/// One entry of [`ModStore::emit_batch`].
+pub struct BatchEmit<'a> {
+    /// The event.
+    pub event: &'a NewModEvent,
+    /// Its status transition.
+    pub transition: &'a TransitionFn<'a>,
+    /// A record snapshot to keep with it.
+    pub record: Option<&'a RecordSnapshot>,
+}
+
+impl std::fmt::Debug for BatchEmit<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchEmit")
+            .field("event", self.event)
+            .field("record", &self.record)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The column a queue view sorts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusSort {
@@ -384,6 +406,10 @@ pub trait ModStore: Send + Sync + std::fmt::Debug {
         event: &'a NewModEvent,
         transition: &'a (dyn Fn(Option<&SubjectStatus>) -> Transition + Send + Sync),
     ) -> StoreFuture<'a, Emitted>;
+    /// Appends several events in one transaction, in order: each transition sees the status
+    /// the events before it left, and each entry's record snapshot is kept in the same
+    /// transaction. All are written or none; one outcome per entry.
+    fn emit_batch<'a>(&'a self, batch: &'a [BatchEmit<'a>]) -> StoreFuture<'a, Vec<Emitted>>;
     /// The status of a subject (a DID or AT-URI).
     fn status<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<SubjectStatus>>;
     /// A queue view.
@@ -932,6 +958,204 @@ macro_rules! mod_store {
         const MEMBER_COLUMNS: &str =
             "did, role, disabled, created_at, updated_at, last_updated_by";
 
+        /// One event and its status transition, inside the caller's transaction.
+        async fn emit_in(
+            tx: &mut <$db as sqlx::Database>::Connection,
+            e: &NewModEvent,
+            transition: &TransitionFn<'_>,
+        ) -> Result<Emitted> {
+            let key = e.subject.key();
+            if let Some(external) = &e.external_id {
+                let dup = sqlx::query(
+                    "SELECT 1 FROM mod_events WHERE subject_key = $1 AND type = $2 \
+                     AND external_id = $3",
+                )
+                .bind(key)
+                .bind(&e.event_type)
+                .bind(external)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(err("checking the external id"))?;
+                if dup.is_some() {
+                    return Ok(Emitted::DuplicateExternalId);
+                }
+            }
+            let sql = format!(
+                "SELECT {STATUS_COLUMNS} FROM mod_subjects WHERE subject_key = $1{}",
+                $lock_row
+            );
+            let current = sqlx::query(&sql)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(err("reading a subject status"))?
+                .map(|r| status_row(&r));
+            let next = transition(current.as_ref());
+            let id: i64 = sqlx::query(
+                "INSERT INTO mod_events (type, subject_key, subject_did, subject_uri, \
+                 subject_cid, subject_collection, subject, event, blob_cids, \
+                 created_by, created_at, mod_tool, mod_tool_name, external_id, comment, \
+                 report_type, terms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                 $11, $12, $13, $14, $15, $16, $17) RETURNING id",
+            )
+            .bind(&e.event_type)
+            .bind(key)
+            .bind(&e.subject.did)
+            .bind(&e.subject.uri)
+            .bind(&e.subject.cid)
+            .bind(e.subject.collection())
+            .bind(&e.subject_json)
+            .bind(&e.event_json)
+            .bind(json_list(&e.blob_cids))
+            .bind(&e.created_by)
+            .bind(&e.created_at)
+            .bind(&e.mod_tool)
+            .bind(
+                e.mod_tool
+                    .as_deref()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+                    .and_then(|t| t["name"].as_str().map(str::to_string)),
+            )
+            .bind(&e.external_id)
+            .bind(&e.comment)
+            .bind(&e.report_type)
+            .bind(event_terms(e))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err("appending a moderation event"))?
+            .get(0);
+            let mut status = current;
+            if let Some(s) = next.status {
+                let sql = format!(
+                    "INSERT INTO mod_subjects (subject_key, did, uri, cid, collection, \
+                     review_state, takendown, appealed, suspend_until, mute_until, \
+                     mute_reporting_until, last_reviewed_by, last_reviewed_at, \
+                     last_reported_at, last_appealed_at, priority_score, comment, tags, \
+                     blob_cids, queue_bucket, created_at, updated_at) VALUES ($1, $2, \
+                     $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+                     $18, $19, $20, $21, $22) ON CONFLICT (subject_key) DO UPDATE SET \
+                     cid = excluded.cid, review_state = excluded.review_state, \
+                     takendown = excluded.takendown, appealed = excluded.appealed, \
+                     suspend_until = excluded.suspend_until, \
+                     mute_until = excluded.mute_until, \
+                     mute_reporting_until = excluded.mute_reporting_until, \
+                     last_reviewed_by = excluded.last_reviewed_by, \
+                     last_reviewed_at = excluded.last_reviewed_at, \
+                     last_reported_at = excluded.last_reported_at, \
+                     last_appealed_at = excluded.last_appealed_at, \
+                     priority_score = excluded.priority_score, \
+                     comment = excluded.comment, tags = excluded.tags, \
+                     blob_cids = excluded.blob_cids, updated_at = excluded.updated_at \
+                     RETURNING {STATUS_COLUMNS}"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(key)
+                    .bind(&e.subject.did)
+                    .bind(&e.subject.uri)
+                    .bind(&s.cid)
+                    .bind(e.subject.collection())
+                    .bind(&s.review_state)
+                    .bind(s.takendown)
+                    .bind(s.appealed)
+                    .bind(&s.suspend_until)
+                    .bind(s.mute_until.clone().unwrap_or_default())
+                    .bind(&s.mute_reporting_until)
+                    .bind(&s.last_reviewed_by)
+                    .bind(s.last_reviewed_at.clone().unwrap_or_default())
+                    .bind(s.last_reported_at.clone().unwrap_or_default())
+                    .bind(&s.last_appealed_at)
+                    .bind(s.priority_score)
+                    .bind(&s.comment)
+                    .bind(json_list(&s.tags))
+                    .bind(json_list(&s.blob_cids))
+                    .bind(queue_bucket(&e.subject.did))
+                    .bind(&s.created_at)
+                    .bind(&s.updated_at)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(err("writing a subject status"))?;
+                let written = status_row(&row);
+                let old_tags = status.as_ref().map(|s| s.tags.clone()).unwrap_or_default();
+                if old_tags != written.tags {
+                    sqlx::query("DELETE FROM mod_subject_tags WHERE subject_id = $1")
+                        .bind(written.id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(err("replacing subject tags"))?;
+                    for tag in &written.tags {
+                        sqlx::query(
+                            "INSERT INTO mod_subject_tags (tag, subject_id) VALUES ($1, $2) \
+                             ON CONFLICT DO NOTHING",
+                        )
+                        .bind(tag)
+                        .bind(written.id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(err("writing subject tags"))?;
+                    }
+                }
+                status = Some(written);
+            }
+            if next.close_account_records {
+                sqlx::query(
+                    "UPDATE mod_subjects SET review_state = $1, last_reviewed_by = $2, \
+                     last_reviewed_at = $3, updated_at = $4 WHERE did = $5 \
+                     AND uri IS NOT NULL AND review_state IN ($6, $7)",
+                )
+                .bind(review::CLOSED)
+                .bind(&e.created_by)
+                .bind(&e.created_at)
+                .bind(&e.created_at)
+                .bind(&e.subject.did)
+                .bind(review::OPEN)
+                .bind(review::ESCALATED)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("closing the account's record subjects"))?;
+            }
+            Ok(Emitted::Appended {
+                event: ModEventRow { id, event: e.clone() },
+                status,
+            })
+        }
+
+        async fn put_record_in(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            r: &RecordSnapshot,
+        ) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO mod_records (uri, cid, value, indexed_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (uri) DO UPDATE SET cid = excluded.cid, value = excluded.value, \
+                 indexed_at = excluded.indexed_at",
+            )
+            .bind(&r.uri)
+            .bind(&r.cid)
+            .bind(&r.value)
+            .bind(&r.indexed_at)
+            .execute(conn)
+            .await
+            .map_err(err("keeping a record snapshot"))?;
+            Ok(())
+        }
+
+        impl $store {
+            /// A write transaction, serialised with the other moderation writers.
+            async fn begin_write(&self) -> Result<sqlx::Transaction<'static, $db>> {
+                let mut tx = match $begin {
+                    Some(begin) => self.pool.begin_with(begin).await,
+                    None => self.pool.begin().await,
+                }
+                .map_err(err("starting a transaction"))?;
+                if let Some(sql) = $serialise {
+                    sqlx::query(sql)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(err("serialising moderation writers"))?;
+                }
+                Ok(tx)
+            }
+        }
+
         impl ModStore for $store {
             fn emit<'a>(
                 &'a self,
@@ -939,171 +1163,30 @@ macro_rules! mod_store {
                 transition: &'a (dyn Fn(Option<&SubjectStatus>) -> Transition + Send + Sync),
             ) -> StoreFuture<'a, Emitted> {
                 Box::pin(async move {
-                    let mut tx = match $begin {
-                        Some(begin) => self.pool.begin_with(begin).await,
-                        None => self.pool.begin().await,
+                    let mut tx = self.begin_write().await?;
+                    let emitted = emit_in(&mut tx, e, transition).await?;
+                    if matches!(emitted, Emitted::Appended { .. }) {
+                        tx.commit().await.map_err(err("committing a moderation event"))?;
                     }
-                    .map_err(err("starting a transaction"))?;
-                    if let Some(sql) = $serialise {
-                        sqlx::query(sql)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(err("serialising moderation writers"))?;
-                    }
-                    let key = e.subject.key();
-                    if let Some(external) = &e.external_id {
-                        let dup = sqlx::query(
-                            "SELECT 1 FROM mod_events WHERE subject_key = $1 AND type = $2 \
-                             AND external_id = $3",
-                        )
-                        .bind(key)
-                        .bind(&e.event_type)
-                        .bind(external)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(err("checking the external id"))?;
-                        if dup.is_some() {
-                            return Ok(Emitted::DuplicateExternalId);
+                    Ok(emitted)
+                })
+            }
+
+            fn emit_batch<'a>(
+                &'a self,
+                batch: &'a [BatchEmit<'a>],
+            ) -> StoreFuture<'a, Vec<Emitted>> {
+                Box::pin(async move {
+                    let mut tx = self.begin_write().await?;
+                    let mut out = Vec::with_capacity(batch.len());
+                    for entry in batch {
+                        if let Some(r) = entry.record {
+                            put_record_in(&mut tx, r).await?;
                         }
+                        out.push(emit_in(&mut tx, entry.event, entry.transition).await?);
                     }
-                    let sql = format!(
-                        "SELECT {STATUS_COLUMNS} FROM mod_subjects WHERE subject_key = $1{}",
-                        $lock_row
-                    );
-                    let current = sqlx::query(&sql)
-                        .bind(key)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(err("reading a subject status"))?
-                        .map(|r| status_row(&r));
-                    let next = transition(current.as_ref());
-                    let id: i64 = sqlx::query(
-                        "INSERT INTO mod_events (type, subject_key, subject_did, subject_uri, \
-                         subject_cid, subject_collection, subject, event, blob_cids, \
-                         created_by, created_at, mod_tool, mod_tool_name, external_id, comment, \
-                         report_type, terms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                         $11, $12, $13, $14, $15, $16, $17) RETURNING id",
-                    )
-                    .bind(&e.event_type)
-                    .bind(key)
-                    .bind(&e.subject.did)
-                    .bind(&e.subject.uri)
-                    .bind(&e.subject.cid)
-                    .bind(e.subject.collection())
-                    .bind(&e.subject_json)
-                    .bind(&e.event_json)
-                    .bind(json_list(&e.blob_cids))
-                    .bind(&e.created_by)
-                    .bind(&e.created_at)
-                    .bind(&e.mod_tool)
-                    .bind(
-                        e.mod_tool
-                            .as_deref()
-                            .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
-                            .and_then(|t| t["name"].as_str().map(str::to_string)),
-                    )
-                    .bind(&e.external_id)
-                    .bind(&e.comment)
-                    .bind(&e.report_type)
-                    .bind(event_terms(e))
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(err("appending a moderation event"))?
-                    .get(0);
-                    let mut status = current;
-                    if let Some(s) = next.status {
-                        let sql = format!(
-                            "INSERT INTO mod_subjects (subject_key, did, uri, cid, collection, \
-                             review_state, takendown, appealed, suspend_until, mute_until, \
-                             mute_reporting_until, last_reviewed_by, last_reviewed_at, \
-                             last_reported_at, last_appealed_at, priority_score, comment, tags, \
-                             blob_cids, queue_bucket, created_at, updated_at) VALUES ($1, $2, \
-                             $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-                             $18, $19, $20, $21, $22) ON CONFLICT (subject_key) DO UPDATE SET \
-                             cid = excluded.cid, review_state = excluded.review_state, \
-                             takendown = excluded.takendown, appealed = excluded.appealed, \
-                             suspend_until = excluded.suspend_until, \
-                             mute_until = excluded.mute_until, \
-                             mute_reporting_until = excluded.mute_reporting_until, \
-                             last_reviewed_by = excluded.last_reviewed_by, \
-                             last_reviewed_at = excluded.last_reviewed_at, \
-                             last_reported_at = excluded.last_reported_at, \
-                             last_appealed_at = excluded.last_appealed_at, \
-                             priority_score = excluded.priority_score, \
-                             comment = excluded.comment, tags = excluded.tags, \
-                             blob_cids = excluded.blob_cids, updated_at = excluded.updated_at \
-                             RETURNING {STATUS_COLUMNS}"
-                        );
-                        let row = sqlx::query(&sql)
-                            .bind(key)
-                            .bind(&e.subject.did)
-                            .bind(&e.subject.uri)
-                            .bind(&s.cid)
-                            .bind(e.subject.collection())
-                            .bind(&s.review_state)
-                            .bind(s.takendown)
-                            .bind(s.appealed)
-                            .bind(&s.suspend_until)
-                            .bind(s.mute_until.clone().unwrap_or_default())
-                            .bind(&s.mute_reporting_until)
-                            .bind(&s.last_reviewed_by)
-                            .bind(s.last_reviewed_at.clone().unwrap_or_default())
-                            .bind(s.last_reported_at.clone().unwrap_or_default())
-                            .bind(&s.last_appealed_at)
-                            .bind(s.priority_score)
-                            .bind(&s.comment)
-                            .bind(json_list(&s.tags))
-                            .bind(json_list(&s.blob_cids))
-                            .bind(queue_bucket(&e.subject.did))
-                            .bind(&s.created_at)
-                            .bind(&s.updated_at)
-                            .fetch_one(&mut *tx)
-                            .await
-                            .map_err(err("writing a subject status"))?;
-                        let written = status_row(&row);
-                        let old_tags = status.as_ref().map(|s| s.tags.clone()).unwrap_or_default();
-                        if old_tags != written.tags {
-                            sqlx::query("DELETE FROM mod_subject_tags WHERE subject_id = $1")
-                                .bind(written.id)
-                                .execute(&mut *tx)
-                                .await
-                                .map_err(err("replacing subject tags"))?;
-                            for tag in &written.tags {
-                                sqlx::query(
-                                    "INSERT INTO mod_subject_tags (tag, subject_id) VALUES ($1, $2) \
-                                     ON CONFLICT DO NOTHING",
-                                )
-                                .bind(tag)
-                                .bind(written.id)
-                                .execute(&mut *tx)
-                                .await
-                                .map_err(err("writing subject tags"))?;
-                            }
-                        }
-                        status = Some(written);
-                    }
-                    if next.close_account_records {
-                        sqlx::query(
-                            "UPDATE mod_subjects SET review_state = $1, last_reviewed_by = $2, \
-                             last_reviewed_at = $3, updated_at = $4 WHERE did = $5 \
-                             AND uri IS NOT NULL AND review_state IN ($6, $7)",
-                        )
-                        .bind(review::CLOSED)
-                        .bind(&e.created_by)
-                        .bind(&e.created_at)
-                        .bind(&e.created_at)
-                        .bind(&e.subject.did)
-                        .bind(review::OPEN)
-                        .bind(review::ESCALATED)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(err("closing the account's record subjects"))?;
-                    }
-                    tx.commit().await.map_err(err("committing a moderation event"))?;
-                    Ok(Emitted::Appended {
-                        event: ModEventRow { id, event: e.clone() },
-                        status,
-                    })
+                    tx.commit().await.map_err(err("committing moderation events"))?;
+                    Ok(out)
                 })
             }
 
@@ -1261,19 +1344,8 @@ macro_rules! mod_store {
 
             fn put_record<'a>(&'a self, r: &'a RecordSnapshot) -> StoreFuture<'a, ()> {
                 Box::pin(async move {
-                    sqlx::query(
-                        "INSERT INTO mod_records (uri, cid, value, indexed_at) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (uri) DO UPDATE SET cid = excluded.cid, value = excluded.value, \
-                         indexed_at = excluded.indexed_at",
-                    )
-                    .bind(&r.uri)
-                    .bind(&r.cid)
-                    .bind(&r.value)
-                    .bind(&r.indexed_at)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(err("keeping a record snapshot"))?;
-                    Ok(())
+                    let mut conn = self.pool.acquire().await.map_err(err("keeping a record snapshot"))?;
+                    put_record_in(&mut conn, r).await
                 })
             }
 

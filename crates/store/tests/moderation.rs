@@ -4,9 +4,9 @@
 
 use skywarden_store::Store;
 use skywarden_store::moderation::{
-    AuditEntry, Emitted, EventQuery, Member, ModStore, NewModEvent, PgModStore, RecordSnapshot,
-    SqliteModStore, StatusQuery, StatusSort, SubjectKind, SubjectRef, SubjectStatus, Transition,
-    review,
+    AuditEntry, BatchEmit, Emitted, EventQuery, Member, ModStore, NewModEvent, PgModStore,
+    RecordSnapshot, SqliteModStore, StatusQuery, StatusSort, SubjectKind, SubjectRef,
+    SubjectStatus, Transition, review,
 };
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -339,6 +339,80 @@ async fn external_ids_are_unique_per_subject_and_type(store: Arc<dyn ModStore>) 
     assert_eq!(store.events_after(0, 10).await.unwrap().len(), 3);
 }
 both!(external_ids_are_unique_per_subject_and_type);
+
+async fn a_batch_is_one_transaction_of_events_in_order(store: Arc<dyn ModStore>) {
+    let a = account("did:plc:a");
+    let post = record("did:plc:a", "3kfxt2dprhx22");
+    let mut first = event("modEventTag", &a, "did:plc:mod", &at(1));
+    first.external_id = Some("effect-1".into());
+    let mut second = event("modEventTag", &a, "did:plc:mod", &at(2));
+    second.external_id = Some("effect-2".into());
+    let mut on_post = event("modEventReport", &post, "did:plc:mod", &at(3));
+    on_post.external_id = Some("effect-3".into());
+    let tag = |t: &'static str| move |s: &mut SubjectStatus| s.tags.push(t.into());
+    let (t1, t2, t3) = (
+        set(&a, &at(1), tag("one")),
+        set(&a, &at(2), tag("two")),
+        set(&post, &at(3), |s| s.review_state = review::OPEN.into()),
+    );
+    let snapshot = RecordSnapshot {
+        uri: post.uri.clone().unwrap(),
+        cid: post.cid.clone().unwrap(),
+        value: r#"{"text":"evidence"}"#.into(),
+        indexed_at: at(3),
+    };
+    let batch = [
+        BatchEmit {
+            event: &first,
+            transition: &t1,
+            record: None,
+        },
+        BatchEmit {
+            event: &second,
+            transition: &t2,
+            record: None,
+        },
+        // The first again: a re-run within the batch is refused like any other.
+        BatchEmit {
+            event: &first,
+            transition: &t1,
+            record: None,
+        },
+        BatchEmit {
+            event: &on_post,
+            transition: &t3,
+            record: Some(&snapshot),
+        },
+    ];
+    let out = store.emit_batch(&batch).await.unwrap();
+    assert_eq!(out.len(), 4);
+    let ids: Vec<i64> = out
+        .iter()
+        .filter_map(|e| match e {
+            Emitted::Appended { event, .. } => Some(event.id),
+            Emitted::DuplicateExternalId => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 3, "{out:?}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order: {ids:?}");
+    assert_eq!(out[2], Emitted::DuplicateExternalId);
+    // The second transition saw the first one's status.
+    let status = store.status("did:plc:a").await.unwrap().unwrap();
+    assert_eq!(status.tags, ["one", "two"]);
+    assert_eq!(
+        store.record(&snapshot.uri).await.unwrap().unwrap().value,
+        snapshot.value
+    );
+    // The whole batch again: every entry is a re-run, nothing is written.
+    let again = store.emit_batch(&batch).await.unwrap();
+    assert!(
+        again.iter().all(|e| *e == Emitted::DuplicateExternalId),
+        "{again:?}"
+    );
+    assert_eq!(store.events_after(0, 10).await.unwrap().len(), 3);
+    assert!(store.emit_batch(&[]).await.unwrap().is_empty());
+}
+both!(a_batch_is_one_transaction_of_events_in_order);
 
 async fn the_queue_filters_sorts_and_pages(store: Arc<dyn ModStore>) {
     // 40 subjects: accounts and records, reported at different times, some reviewed.
