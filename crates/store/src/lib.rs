@@ -95,7 +95,8 @@ CREATE TABLE IF NOT EXISTS sink_cursors (
 );
 "#;
 
-/// A pool on `dir`'s `skywarden.db`: WAL, `synchronous=NORMAL`, 10 s busy timeout.
+/// A pool on `dir`'s `skywarden.db`: WAL, `synchronous=NORMAL`, 10 s busy timeout, statement
+/// journals in memory, a 16 MB page cache per connection.
 pub(crate) async fn open_pool(dir: &Path, connections: u32) -> Result<SqlitePool> {
     let path = dir.join("skywarden.db");
     let options = SqliteConnectOptions::from_str("sqlite:")
@@ -106,7 +107,13 @@ pub(crate) async fn open_pool(dir: &Path, connections: u32) -> Result<SqlitePool
         // With WAL, NORMAL survives a process crash (SIGKILL); a power cut may roll back the
         // last transactions, but effects, state and checkpoints roll back together.
         .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(10));
+        .busy_timeout(Duration::from_secs(10))
+        // Upserts and multi-row inserts inside a transaction keep a statement journal; on
+        // disk (the default) every such statement writes a temporary file.
+        .pragma("temp_store", "MEMORY")
+        // The default 2 MB cache re-reads the effect log's and the queue's index pages from
+        // the OS on every transaction.
+        .pragma("cache_size", "-16384");
     SqlitePoolOptions::new()
         .max_connections(connections)
         .connect_with(options)
