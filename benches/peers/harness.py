@@ -7,7 +7,8 @@ import time
 import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-BIN = os.path.join(ROOT, "target", "release", "skywarden")
+# SKYWARDEN_BIN: another build of the binary, to compare builds with the same driver.
+BIN = os.environ.get("SKYWARDEN_BIN") or os.path.join(ROOT, "target", "release", "skywarden")
 
 
 def free_port():

@@ -4,9 +4,11 @@ real WebSocket on loopback, with the default ruleset and the SQLite effect log.
 
 The simulator pre-generates EVENTS signed frames (`simulate --rate 0`) and serves them as fast
 as `serve` reads. For each partition count, a fresh `serve --relay ws://… --cursor 0` runs until
-every event is evaluated and its effects are durable (`skywarden_lag_events` back to 0). Printed per run: events/s end to end, events per
-CPU-second of `serve` (user + system), p50/p99 of dispatch-to-durable latency (from
-`skywarden_event_latency_seconds`), and peak RSS (VmHWM). With --profile, `perf record` samples
+every event is evaluated and its effects are durable (`skywarden_lag_events` back to 0), and then
+until the sinks have carried out every logged effect (the label sink's and the moderation
+queue's cursors at the last effect). Printed per run, at both points: events/s end to end and
+events per CPU-second of `serve` (user + system); p50/p99 of dispatch-to-durable latency (from
+`skywarden_event_latency_seconds`) and peak RSS (VmHWM). With --profile, `perf record` samples
 `serve` during the 1-partition run and the top symbols and heaviest skywarden call paths are
 printed; every run prints CPU time by thread.
 
@@ -18,6 +20,7 @@ import argparse
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -91,6 +94,21 @@ def run(relay_port, events, partitions, profile):
             sys.exit(f"serve did not reach {events} (at {cursor})")
     elapsed = time.time() - start
     cpu = cpu_seconds(serve.pid)
+    # Then until the sinks have carried out every logged effect: the label sink and the
+    # moderation queue (the engine sink) read the effect log behind the engine.
+    db = sqlite3.connect(f"file:{os.path.join(data, 'skywarden.db')}?mode=ro", uri=True, timeout=10)
+    while True:
+        (last_effect,) = db.execute("SELECT coalesce(max(id), 0) FROM effects").fetchone()
+        cursors = dict(db.execute("SELECT sink, last_id FROM sink_cursors").fetchall())
+        if all(cursors.get(sink, 0) >= last_effect for sink in ("labels", "moderation")):
+            break
+        if time.time() - start > 900:
+            sys.exit(f"the sinks did not catch up: {cursors}, last effect {last_effect}")
+        time.sleep(0.2)
+    (filed,) = db.execute("SELECT count(*) FROM mod_events").fetchone()
+    db.close()
+    drained = time.time() - start
+    drained_cpu = cpu_seconds(serve.pid)
     rss = peak_rss_mb(serve.pid)
     threads = thread_cpu(serve.pid)
     if perf:
@@ -101,7 +119,10 @@ def run(relay_port, events, partitions, profile):
     counted = sum(float(n) for n in re.findall(r"^skywarden_events_total\{[^}]*\} (\S+)$", text, re.M))
     print(f"partitions {partitions}: {counted:.0f} events in {elapsed:.1f} s = {counted / elapsed:,.0f} events/s, "
           f"{counted / cpu:,.0f} events per CPU-second, latency p50 <= {quantile(text, 0.5)} s, "
-          f"p99 <= {quantile(text, 0.99)} s, peak RSS {rss:.0f} MB")
+          f"p99 <= {quantile(text, 0.99)} s")
+    print(f"  with the sinks caught up ({last_effect} effects logged, {filed} moderation events filed): "
+          f"{drained:.1f} s = {counted / drained:,.0f} events/s, {counted / drained_cpu:,.0f} events per CPU-second, "
+          f"peak RSS {rss:.0f} MB")
     print("  CPU by thread: " + ", ".join(f"{name} {t:.2f} s" for name, t in threads))
     if perf:
         report = subprocess.run(["perf", "report", "-i", perf_data, "--no-children", "--percent-limit", "2",
