@@ -14,7 +14,7 @@
 //! full scan. Two backends pass the same test suite: [`SqliteModStore`] and [`PgModStore`].
 
 use crate::labels::StoreFuture;
-use crate::{Result, err};
+use crate::{BATCH_ROWS, Result, err};
 use sqlx::Row;
 
 /// Review states (`tools.ozone.moderation.defs#subjectReviewState`).
@@ -755,6 +755,45 @@ const STATUS_COLUMNS: &str = "id, did, uri, cid, review_state, takendown, appeal
     last_reported_at, last_appealed_at, priority_score, comment, tags, blob_cids, created_at, \
     updated_at";
 
+/// Entries per run of a batch: IN lists of keys and external ids stay far below both
+/// backends' limits on bound parameters.
+const RUN_ROWS: usize = BATCH_ROWS;
+
+/// `$start, $start+1, …` (`n` placeholders).
+fn numbered(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `($1, $2), ($3, $4)`: `rows` groups of `columns` numbered placeholders.
+fn numbered_rows(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", numbered(1 + r * columns, columns)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The distinct values, in first-seen order.
+fn unique<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for v in values {
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// The `name` of an event's `modTool`, kept in its own column for filtering.
+fn tool_name(e: &NewModEvent) -> Option<String> {
+    e.mod_tool
+        .as_deref()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+        .and_then(|t| t["name"].as_str().map(str::to_string))
+}
+
 fn json_list(v: &[String]) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
 }
@@ -958,82 +997,181 @@ macro_rules! mod_store {
         const MEMBER_COLUMNS: &str =
             "did, role, disabled, created_at, updated_at, last_updated_by";
 
-        /// One event and its status transition, inside the caller's transaction.
-        async fn emit_in(
+        /// Files `batch` inside the caller's transaction, set-based: per run of entries one
+        /// read of the external ids and of the statuses, one insert of the events, one upsert
+        /// of the statuses they leave and one of the record snapshots, instead of five round
+        /// trips per event. A run ends after an entry that closes an account's record
+        /// subjects (that update touches statuses the run may hold), so the next run reads
+        /// them again.
+        async fn emit_batch_in(
             tx: &mut <$db as sqlx::Database>::Connection,
-            e: &NewModEvent,
-            transition: &TransitionFn<'_>,
-        ) -> Result<Emitted> {
-            let key = e.subject.key();
-            if let Some(external) = &e.external_id {
-                let dup = sqlx::query(
-                    "SELECT 1 FROM mod_events WHERE subject_key = $1 AND type = $2 \
-                     AND external_id = $3",
-                )
-                .bind(key)
-                .bind(&e.event_type)
-                .bind(external)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(err("checking the external id"))?;
-                if dup.is_some() {
-                    return Ok(Emitted::DuplicateExternalId);
+            batch: &[BatchEmit<'_>],
+        ) -> Result<Vec<Emitted>> {
+            let mut out = Vec::with_capacity(batch.len());
+            let mut start = 0;
+            while start < batch.len() {
+                let end = (start + RUN_ROWS).min(batch.len());
+                start += emit_run(tx, &batch[start..end], &mut out).await?;
+            }
+            Ok(out)
+        }
+
+        /// One run of [`emit_batch_in`]: files a prefix of `entries`, returns its length.
+        async fn emit_run(
+            tx: &mut <$db as sqlx::Database>::Connection,
+            entries: &[BatchEmit<'_>],
+            out: &mut Vec<Emitted>,
+        ) -> Result<usize> {
+            let keys: Vec<&str> = unique(entries.iter().map(|b| b.event.subject.key()));
+            let externals: Vec<&str> =
+                unique(entries.iter().filter_map(|b| b.event.external_id.as_deref()));
+            let mut seen: std::collections::HashSet<(String, String, String)> =
+                std::collections::HashSet::new();
+            if !externals.is_empty() {
+                let sql = format!(
+                    "SELECT subject_key, type, external_id FROM mod_events \
+                     WHERE subject_key IN ({}) AND external_id IN ({})",
+                    numbered(1, keys.len()),
+                    numbered(1 + keys.len(), externals.len())
+                );
+                let mut q = sqlx::query(&sql);
+                for v in keys.iter().chain(&externals) {
+                    q = q.bind(*v);
+                }
+                for r in q.fetch_all(&mut *tx).await.map_err(err("checking external ids"))? {
+                    seen.insert((r.get(0), r.get(1), r.get(2)));
                 }
             }
             let sql = format!(
-                "SELECT {STATUS_COLUMNS} FROM mod_subjects WHERE subject_key = $1{}",
+                "SELECT {STATUS_COLUMNS}, subject_key FROM mod_subjects \
+                 WHERE subject_key IN ({}){}",
+                numbered(1, keys.len()),
                 $lock_row
             );
-            let current = sqlx::query(&sql)
-                .bind(key)
-                .fetch_optional(&mut *tx)
+            let mut q = sqlx::query(&sql);
+            for k in &keys {
+                q = q.bind(*k);
+            }
+            let mut statuses: std::collections::HashMap<String, SubjectStatus> = q
+                .fetch_all(&mut *tx)
                 .await
-                .map_err(err("reading a subject status"))?
-                .map(|r| status_row(&r));
-            let next = transition(current.as_ref());
-            let id: i64 = sqlx::query(
-                "INSERT INTO mod_events (type, subject_key, subject_did, subject_uri, \
-                 subject_cid, subject_collection, subject, event, blob_cids, \
-                 created_by, created_at, mod_tool, mod_tool_name, external_id, comment, \
-                 report_type, terms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                 $11, $12, $13, $14, $15, $16, $17) RETURNING id",
-            )
-            .bind(&e.event_type)
-            .bind(key)
-            .bind(&e.subject.did)
-            .bind(&e.subject.uri)
-            .bind(&e.subject.cid)
-            .bind(e.subject.collection())
-            .bind(&e.subject_json)
-            .bind(&e.event_json)
-            .bind(json_list(&e.blob_cids))
-            .bind(&e.created_by)
-            .bind(&e.created_at)
-            .bind(&e.mod_tool)
-            .bind(
-                e.mod_tool
-                    .as_deref()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
-                    .and_then(|t| t["name"].as_str().map(str::to_string)),
-            )
-            .bind(&e.external_id)
-            .bind(&e.comment)
-            .bind(&e.report_type)
-            .bind(event_terms(e))
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(err("appending a moderation event"))?
-            .get(0);
-            let mut status = current;
-            if let Some(s) = next.status {
+                .map_err(err("reading subject statuses"))?
+                .iter()
+                .map(|r| (r.get::<String, _>(20), status_row(r)))
+                .collect();
+            let stored_tags: std::collections::HashMap<String, Vec<String>> = statuses
+                .iter()
+                .map(|(k, s)| (k.clone(), s.tags.clone()))
+                .collect();
+            // What the run writes: events in order, and per subject the last status and
+            // record snapshot.
+            let first_out = out.len();
+            let mut appended: Vec<(usize, &NewModEvent)> = Vec::new();
+            let mut changed: Vec<&str> = Vec::new();
+            let mut records: std::collections::HashMap<&str, &RecordSnapshot> =
+                std::collections::HashMap::new();
+            let mut close_account: Option<&NewModEvent> = None;
+            let mut taken = 0;
+            for entry in entries {
+                taken += 1;
+                let e = entry.event;
+                let key = e.subject.key();
+                if let Some(external) = &e.external_id {
+                    let id = (key.to_string(), e.event_type.clone(), external.clone());
+                    if !seen.insert(id) {
+                        out.push(Emitted::DuplicateExternalId);
+                        continue;
+                    }
+                }
+                if let Some(r) = entry.record {
+                    records.insert(r.uri.as_str(), r);
+                }
+                let next = (entry.transition)(statuses.get(key));
+                if let Some(s) = next.status {
+                    if !changed.contains(&key) {
+                        changed.push(key);
+                    }
+                    statuses.insert(key.to_string(), s);
+                }
+                appended.push((out.len(), e));
+                out.push(Emitted::Appended {
+                    event: ModEventRow { id: 0, event: e.clone() },
+                    status: statuses.get(key).cloned(),
+                });
+                if next.close_account_records {
+                    close_account = Some(e);
+                    break;
+                }
+            }
+            let records: Vec<&RecordSnapshot> = records.into_values().collect();
+            for chunk in records.chunks(BATCH_ROWS) {
+                let sql = format!(
+                    "INSERT INTO mod_records (uri, cid, value, indexed_at) VALUES {} \
+                     ON CONFLICT (uri) DO UPDATE SET cid = excluded.cid, \
+                     value = excluded.value, indexed_at = excluded.indexed_at",
+                    numbered_rows(chunk.len(), 4)
+                );
+                let mut q = sqlx::query(&sql);
+                for r in chunk {
+                    q = q.bind(&r.uri).bind(&r.cid).bind(&r.value).bind(&r.indexed_at);
+                }
+                q.execute(&mut *tx).await.map_err(err("keeping record snapshots"))?;
+            }
+            for chunk in appended.chunks(BATCH_ROWS) {
+                let sql = format!(
+                    "INSERT INTO mod_events (type, subject_key, subject_did, subject_uri, \
+                     subject_cid, subject_collection, subject, event, blob_cids, \
+                     created_by, created_at, mod_tool, mod_tool_name, external_id, comment, \
+                     report_type, terms) VALUES {} RETURNING id",
+                    numbered_rows(chunk.len(), 17)
+                );
+                let mut q = sqlx::query(&sql);
+                for (_, e) in chunk {
+                    q = q
+                        .bind(&e.event_type)
+                        .bind(e.subject.key())
+                        .bind(&e.subject.did)
+                        .bind(&e.subject.uri)
+                        .bind(&e.subject.cid)
+                        .bind(e.subject.collection())
+                        .bind(&e.subject_json)
+                        .bind(&e.event_json)
+                        .bind(json_list(&e.blob_cids))
+                        .bind(&e.created_by)
+                        .bind(&e.created_at)
+                        .bind(&e.mod_tool)
+                        .bind(tool_name(e))
+                        .bind(&e.external_id)
+                        .bind(&e.comment)
+                        .bind(&e.report_type)
+                        .bind(event_terms(e));
+                }
+                // Rows are inserted in the order of VALUES under the write lock, so their
+                // ids increase in that order whatever order RETURNING lists them in.
+                let mut ids: Vec<i64> = q
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(err("appending moderation events"))?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                ids.sort_unstable();
+                for ((at, _), id) in chunk.iter().zip(ids) {
+                    if let Emitted::Appended { event, .. } = &mut out[*at] {
+                        event.id = id;
+                    }
+                }
+            }
+            let mut written: std::collections::HashMap<String, SubjectStatus> =
+                std::collections::HashMap::new();
+            for chunk in changed.chunks(BATCH_ROWS) {
                 let sql = format!(
                     "INSERT INTO mod_subjects (subject_key, did, uri, cid, collection, \
                      review_state, takendown, appealed, suspend_until, mute_until, \
                      mute_reporting_until, last_reviewed_by, last_reviewed_at, \
                      last_reported_at, last_appealed_at, priority_score, comment, tags, \
-                     blob_cids, queue_bucket, created_at, updated_at) VALUES ($1, $2, \
-                     $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-                     $18, $19, $20, $21, $22) ON CONFLICT (subject_key) DO UPDATE SET \
+                     blob_cids, queue_bucket, created_at, updated_at) VALUES {} \
+                     ON CONFLICT (subject_key) DO UPDATE SET \
                      cid = excluded.cid, review_state = excluded.review_state, \
                      takendown = excluded.takendown, appealed = excluded.appealed, \
                      suspend_until = excluded.suspend_until, \
@@ -1046,57 +1184,82 @@ macro_rules! mod_store {
                      priority_score = excluded.priority_score, \
                      comment = excluded.comment, tags = excluded.tags, \
                      blob_cids = excluded.blob_cids, updated_at = excluded.updated_at \
-                     RETURNING {STATUS_COLUMNS}"
+                     RETURNING {STATUS_COLUMNS}, subject_key",
+                    numbered_rows(chunk.len(), 22)
                 );
-                let row = sqlx::query(&sql)
-                    .bind(key)
-                    .bind(&e.subject.did)
-                    .bind(&e.subject.uri)
-                    .bind(&s.cid)
-                    .bind(e.subject.collection())
-                    .bind(&s.review_state)
-                    .bind(s.takendown)
-                    .bind(s.appealed)
-                    .bind(&s.suspend_until)
-                    .bind(s.mute_until.clone().unwrap_or_default())
-                    .bind(&s.mute_reporting_until)
-                    .bind(&s.last_reviewed_by)
-                    .bind(s.last_reviewed_at.clone().unwrap_or_default())
-                    .bind(s.last_reported_at.clone().unwrap_or_default())
-                    .bind(&s.last_appealed_at)
-                    .bind(s.priority_score)
-                    .bind(&s.comment)
-                    .bind(json_list(&s.tags))
-                    .bind(json_list(&s.blob_cids))
-                    .bind(queue_bucket(&e.subject.did))
-                    .bind(&s.created_at)
-                    .bind(&s.updated_at)
-                    .fetch_one(&mut *tx)
+                let mut q = sqlx::query(&sql);
+                for key in chunk {
+                    let s = &statuses[*key];
+                    let subject = entries
+                        .iter()
+                        .map(|b| &b.event.subject)
+                        .find(|r| r.key() == *key)
+                        .expect("a changed status belongs to an entry");
+                    q = q
+                        .bind(*key)
+                        .bind(&subject.did)
+                        .bind(&subject.uri)
+                        .bind(&s.cid)
+                        .bind(subject.collection())
+                        .bind(&s.review_state)
+                        .bind(s.takendown)
+                        .bind(s.appealed)
+                        .bind(&s.suspend_until)
+                        .bind(s.mute_until.clone().unwrap_or_default())
+                        .bind(&s.mute_reporting_until)
+                        .bind(&s.last_reviewed_by)
+                        .bind(s.last_reviewed_at.clone().unwrap_or_default())
+                        .bind(s.last_reported_at.clone().unwrap_or_default())
+                        .bind(&s.last_appealed_at)
+                        .bind(s.priority_score)
+                        .bind(&s.comment)
+                        .bind(json_list(&s.tags))
+                        .bind(json_list(&s.blob_cids))
+                        .bind(queue_bucket(&subject.did))
+                        .bind(&s.created_at)
+                        .bind(&s.updated_at);
+                }
+                for r in q.fetch_all(&mut *tx).await.map_err(err("writing subject statuses"))? {
+                    written.insert(r.get(20), status_row(&r));
+                }
+            }
+            for (key, status) in &written {
+                if stored_tags.get(key).map_or(&[][..], Vec::as_slice) == status.tags.as_slice() {
+                    continue;
+                }
+                sqlx::query("DELETE FROM mod_subject_tags WHERE subject_id = $1")
+                    .bind(status.id)
+                    .execute(&mut *tx)
                     .await
-                    .map_err(err("writing a subject status"))?;
-                let written = status_row(&row);
-                let old_tags = status.as_ref().map(|s| s.tags.clone()).unwrap_or_default();
-                if old_tags != written.tags {
-                    sqlx::query("DELETE FROM mod_subject_tags WHERE subject_id = $1")
-                        .bind(written.id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(err("replacing subject tags"))?;
-                    for tag in &written.tags {
-                        sqlx::query(
-                            "INSERT INTO mod_subject_tags (tag, subject_id) VALUES ($1, $2) \
-                             ON CONFLICT DO NOTHING",
-                        )
-                        .bind(tag)
-                        .bind(written.id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(err("writing subject tags"))?;
+                    .map_err(err("replacing subject tags"))?;
+                for tag in &status.tags {
+                    sqlx::query(
+                        "INSERT INTO mod_subject_tags (tag, subject_id) VALUES ($1, $2) \
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(tag)
+                    .bind(status.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err("writing subject tags"))?;
+                }
+            }
+            // Each event reports the status it left; the last one on a subject reports the
+            // row as written.
+            let mut last_on_subject = std::collections::HashSet::new();
+            for emitted in out[first_out..].iter_mut().rev() {
+                if let Emitted::Appended { event, status: Some(status) } = emitted {
+                    let Some(row) = written.get(event.event.subject.key()) else {
+                        continue;
+                    };
+                    if last_on_subject.insert(event.event.subject.key().to_string()) {
+                        *status = row.clone();
+                    } else {
+                        status.id = row.id;
                     }
                 }
-                status = Some(written);
             }
-            if next.close_account_records {
+            if let Some(e) = close_account {
                 sqlx::query(
                     "UPDATE mod_subjects SET review_state = $1, last_reviewed_by = $2, \
                      last_reviewed_at = $3, updated_at = $4 WHERE did = $5 \
@@ -1113,10 +1276,7 @@ macro_rules! mod_store {
                 .await
                 .map_err(err("closing the account's record subjects"))?;
             }
-            Ok(Emitted::Appended {
-                event: ModEventRow { id, event: e.clone() },
-                status,
-            })
+            Ok(taken)
         }
 
         async fn put_record_in(
@@ -1163,8 +1323,12 @@ macro_rules! mod_store {
                 transition: &'a (dyn Fn(Option<&SubjectStatus>) -> Transition + Send + Sync),
             ) -> StoreFuture<'a, Emitted> {
                 Box::pin(async move {
+                    let entry = BatchEmit { event: e, transition, record: None };
                     let mut tx = self.begin_write().await?;
-                    let emitted = emit_in(&mut tx, e, transition).await?;
+                    let emitted = emit_batch_in(&mut tx, std::slice::from_ref(&entry))
+                        .await?
+                        .pop()
+                        .unwrap_or(Emitted::DuplicateExternalId);
                     if matches!(emitted, Emitted::Appended { .. }) {
                         tx.commit().await.map_err(err("committing a moderation event"))?;
                     }
@@ -1178,13 +1342,7 @@ macro_rules! mod_store {
             ) -> StoreFuture<'a, Vec<Emitted>> {
                 Box::pin(async move {
                     let mut tx = self.begin_write().await?;
-                    let mut out = Vec::with_capacity(batch.len());
-                    for entry in batch {
-                        if let Some(r) = entry.record {
-                            put_record_in(&mut tx, r).await?;
-                        }
-                        out.push(emit_in(&mut tx, entry.event, entry.transition).await?);
-                    }
+                    let out = emit_batch_in(&mut tx, batch).await?;
                     tx.commit().await.map_err(err("committing moderation events"))?;
                     Ok(out)
                 })

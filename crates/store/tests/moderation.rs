@@ -6,7 +6,7 @@ use skywarden_store::Store;
 use skywarden_store::moderation::{
     AuditEntry, BatchEmit, Emitted, EventQuery, Member, ModStore, NewModEvent, PgModStore,
     RecordSnapshot, SqliteModStore, StatusQuery, StatusSort, SubjectKind, SubjectRef,
-    SubjectStatus, Transition, review,
+    SubjectStatus, Transition, TransitionFn, review,
 };
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -413,6 +413,101 @@ async fn a_batch_is_one_transaction_of_events_in_order(store: Arc<dyn ModStore>)
     assert!(store.emit_batch(&[]).await.unwrap().is_empty());
 }
 both!(a_batch_is_one_transaction_of_events_in_order);
+
+async fn a_long_batch_keeps_order_across_runs_and_account_closes(store: Arc<dyn ModStore>) {
+    // 250 events (more than one run of the batch) over an account and two of its posts; the
+    // 120th closes the account's record subjects, and the events after it see that.
+    let a = account("did:plc:long");
+    let posts = [
+        record("did:plc:long", "3kpost1"),
+        record("did:plc:long", "3kpost2"),
+    ];
+    let events: Vec<NewModEvent> = (0..250u32)
+        .map(|i| {
+            let subject = if i % 5 == 0 {
+                &a
+            } else {
+                &posts[(i % 2) as usize]
+            };
+            let mut e = event("modEventReport", subject, "did:plc:mod", &at(i));
+            e.external_id = Some(format!("long-{i}"));
+            e
+        })
+        .collect();
+    let transitions: Vec<Box<TransitionFn<'static>>> = (0..250u32)
+        .map(|i| {
+            let subject = events[i as usize].subject.clone();
+            let step = set(&subject, &at(i), move |s| {
+                s.priority_score += 1;
+                s.tags = vec![format!("step-{}", s.priority_score)];
+                if s.review_state != review::CLOSED {
+                    s.review_state = review::OPEN.into();
+                }
+            });
+            Box::new(move |current: Option<&SubjectStatus>| {
+                let mut t = step(current);
+                t.close_account_records = i == 120;
+                t
+            }) as Box<TransitionFn<'static>>
+        })
+        .collect();
+    let batch: Vec<BatchEmit> = events
+        .iter()
+        .zip(&transitions)
+        .map(|(event, t)| BatchEmit {
+            event,
+            transition: t.as_ref(),
+            record: None,
+        })
+        .collect();
+    let out = store.emit_batch(&batch).await.unwrap();
+    let ids: Vec<i64> = out
+        .iter()
+        .map(|e| match e {
+            Emitted::Appended { event, .. } => event.id,
+            Emitted::DuplicateExternalId => panic!("no re-runs here: {e:?}"),
+        })
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order");
+    let stored = store.events_after(0, 300).await.unwrap();
+    assert_eq!(stored.len(), 250);
+    for (row, (id, e)) in stored.iter().zip(ids.iter().zip(&events)) {
+        assert_eq!((row.id, &row.event.external_id), (*id, &e.external_id));
+    }
+    // Each subject saw every event on it, in order: 50 on the account, 100 on each post.
+    let account = store.status("did:plc:long").await.unwrap().unwrap();
+    assert_eq!(account.priority_score, 50);
+    assert_eq!(account.tags, ["step-50"]);
+    for post in &posts {
+        let s = store.status(post.key()).await.unwrap().unwrap();
+        assert_eq!(s.priority_score, 100, "{}", post.key());
+        // Closed by event 120; the set() transitions after it keep it closed.
+        assert_eq!(s.review_state, review::CLOSED, "{}", post.key());
+    }
+    // The tag index follows the last status of each subject.
+    let mut q = query(&at(1000));
+    q.tags = vec![vec!["step-100".into()]];
+    let tagged: HashSet<String> = store
+        .statuses(&q)
+        .await
+        .unwrap()
+        .statuses
+        .into_iter()
+        .filter_map(|s| s.uri)
+        .collect();
+    assert_eq!(tagged.len(), 2, "{tagged:?}");
+    let mut q = query(&at(1000));
+    q.tags = vec![vec!["step-99".into()]];
+    assert!(store.statuses(&q).await.unwrap().statuses.is_empty());
+    // The status each event reports is the one it left.
+    match &out[249] {
+        Emitted::Appended {
+            status: Some(s), ..
+        } => assert_eq!(s.priority_score, 100),
+        other => panic!("{other:?}"),
+    }
+}
+both!(a_long_batch_keeps_order_across_runs_and_account_closes);
 
 async fn the_queue_filters_sorts_and_pages(store: Arc<dyn ModStore>) {
     // 40 subjects: accounts and records, reported at different times, some reviewed.
