@@ -759,18 +759,23 @@ const STATUS_COLUMNS: &str = "id, did, uri, cid, review_state, takendown, appeal
 /// backends' limits on bound parameters.
 const RUN_ROWS: usize = BATCH_ROWS;
 
-/// `$start, $start+1, …` (`n` placeholders).
-fn numbered(start: usize, n: usize) -> String {
+/// `n` placeholders from the `start`th: `$3, $4` (Postgres), or `?, ?` when `anonymous`
+/// (SQLite: sqlx looks up every numbered parameter's name, which SQLite finds by a linear
+/// scan, so a statement with thousands of them binds in quadratic time).
+fn numbered(start: usize, n: usize, anonymous: bool) -> String {
+    if anonymous {
+        return vec!["?"; n].join(", ");
+    }
     (start..start + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-/// `($1, $2), ($3, $4)`: `rows` groups of `columns` numbered placeholders.
-fn numbered_rows(rows: usize, columns: usize) -> String {
+/// `($1, $2), ($3, $4)`: `rows` groups of `columns` placeholders (see [`numbered`]).
+fn numbered_rows(rows: usize, columns: usize, anonymous: bool) -> String {
     (0..rows)
-        .map(|r| format!("({})", numbered(1 + r * columns, columns)))
+        .map(|r| format!("({})", numbered(1 + r * columns, columns, anonymous)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -913,7 +918,10 @@ CREATE TABLE IF NOT EXISTS mod_cursors (
 /// Implements [`ModStore`] for a pool type; the backends differ in how a write transaction
 /// starts and how writers are serialised.
 macro_rules! mod_store {
-    ($store:ident, $db:ty, $begin:expr, $serialise:expr, $lock_row:expr) => {
+    ($store:ident, $db:ty, $begin:expr, $serialise:expr, $lock_row:expr, $anonymous:expr) => {
+        /// Whether the batch statements use `?` placeholders (see [`numbered`]).
+        const ANONYMOUS: bool = $anonymous;
+
         fn bind_all<'q>(
             mut q: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
             binds: &'q [Bind],
@@ -1031,8 +1039,8 @@ macro_rules! mod_store {
                 let sql = format!(
                     "SELECT subject_key, type, external_id FROM mod_events \
                      WHERE subject_key IN ({}) AND external_id IN ({})",
-                    numbered(1, keys.len()),
-                    numbered(1 + keys.len(), externals.len())
+                    numbered(1, keys.len(), ANONYMOUS),
+                    numbered(1 + keys.len(), externals.len(), ANONYMOUS)
                 );
                 let mut q = sqlx::query(&sql);
                 for v in keys.iter().chain(&externals) {
@@ -1045,7 +1053,7 @@ macro_rules! mod_store {
             let sql = format!(
                 "SELECT {STATUS_COLUMNS}, subject_key FROM mod_subjects \
                  WHERE subject_key IN ({}){}",
-                numbered(1, keys.len()),
+                numbered(1, keys.len(), ANONYMOUS),
                 $lock_row
             );
             let mut q = sqlx::query(&sql);
@@ -1109,7 +1117,7 @@ macro_rules! mod_store {
                     "INSERT INTO mod_records (uri, cid, value, indexed_at) VALUES {} \
                      ON CONFLICT (uri) DO UPDATE SET cid = excluded.cid, \
                      value = excluded.value, indexed_at = excluded.indexed_at",
-                    numbered_rows(chunk.len(), 4)
+                    numbered_rows(chunk.len(), 4, ANONYMOUS)
                 );
                 let mut q = sqlx::query(&sql);
                 for r in chunk {
@@ -1123,7 +1131,7 @@ macro_rules! mod_store {
                      subject_cid, subject_collection, subject, event, blob_cids, \
                      created_by, created_at, mod_tool, mod_tool_name, external_id, comment, \
                      report_type, terms) VALUES {} RETURNING id",
-                    numbered_rows(chunk.len(), 17)
+                    numbered_rows(chunk.len(), 17, ANONYMOUS)
                 );
                 let mut q = sqlx::query(&sql);
                 for (_, e) in chunk {
@@ -1185,7 +1193,7 @@ macro_rules! mod_store {
                      comment = excluded.comment, tags = excluded.tags, \
                      blob_cids = excluded.blob_cids, updated_at = excluded.updated_at \
                      RETURNING {STATUS_COLUMNS}, subject_key",
-                    numbered_rows(chunk.len(), 22)
+                    numbered_rows(chunk.len(), 22, ANONYMOUS)
                 );
                 let mut q = sqlx::query(&sql);
                 for key in chunk {
@@ -1628,7 +1636,8 @@ mod sqlite_impl {
         sqlx::Sqlite,
         Some("BEGIN IMMEDIATE"),
         None::<&str>,
-        ""
+        "",
+        true
     );
 }
 
@@ -1674,7 +1683,8 @@ mod pg_impl {
         sqlx::Postgres,
         None::<&str>,
         Some(MOD_WRITE_LOCK),
-        " FOR UPDATE"
+        " FOR UPDATE",
+        false
     );
 }
 
