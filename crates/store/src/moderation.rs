@@ -774,10 +774,20 @@ fn numbered(start: usize, n: usize, anonymous: bool) -> String {
 
 /// `($1, $2), ($3, $4)`: `rows` groups of `columns` placeholders (see [`numbered`]).
 fn numbered_rows(rows: usize, columns: usize, anonymous: bool) -> String {
-    (0..rows)
-        .map(|r| format!("({})", numbered(1 + r * columns, columns, anonymous)))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut sql = String::new();
+    if anonymous {
+        crate::push_placeholders(&mut sql, rows, columns);
+        return sql;
+    }
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        sql.push_str(&numbered(1 + r * columns, columns, false));
+        sql.push(')');
+    }
+    sql
 }
 
 /// The distinct values, in first-seen order.
@@ -1075,7 +1085,7 @@ macro_rules! mod_store {
             // record snapshot.
             let first_out = out.len();
             let mut appended: Vec<(usize, &NewModEvent)> = Vec::new();
-            let mut changed: Vec<&str> = Vec::new();
+            let mut changed: Vec<(&str, &SubjectRef)> = Vec::new();
             let mut records: std::collections::HashMap<&str, &RecordSnapshot> =
                 std::collections::HashMap::new();
             let mut close_account: Option<&NewModEvent> = None;
@@ -1096,8 +1106,8 @@ macro_rules! mod_store {
                 }
                 let next = (entry.transition)(statuses.get(key));
                 if let Some(s) = next.status {
-                    if !changed.contains(&key) {
-                        changed.push(key);
+                    if !changed.iter().any(|(k, _)| *k == key) {
+                        changed.push((key, &e.subject));
                     }
                     statuses.insert(key.to_string(), s);
                 }
@@ -1196,13 +1206,8 @@ macro_rules! mod_store {
                     numbered_rows(chunk.len(), 22, ANONYMOUS)
                 );
                 let mut q = sqlx::query(&sql);
-                for key in chunk {
+                for (key, subject) in chunk {
                     let s = &statuses[*key];
-                    let subject = entries
-                        .iter()
-                        .map(|b| &b.event.subject)
-                        .find(|r| r.key() == *key)
-                        .expect("a changed status belongs to an entry");
                     q = q
                         .bind(*key)
                         .bind(&subject.did)
