@@ -132,6 +132,7 @@ async fn killed_at_random_moments_the_effect_log_equals_an_uninterrupted_run() {
     for run in 0..runs {
         let data = root.join(format!("crash-{run}"));
         let mut kills = 0;
+        let mut unkilled = 0;
         loop {
             let mut child = serve(&archive, &rules, &data);
             // One kill in four lands early (2-20 % of a full run's time: start-up, restore,
@@ -154,6 +155,13 @@ async fn killed_at_random_moments_the_effect_log_equals_an_uninterrupted_run() {
             }
             if let Some(status) = finished {
                 assert!(status.success(), "run {run}: serve failed: {status}");
+                if kills == 0 && unkilled < 5 {
+                    // Faster than the reference before the first kill point (the machine's
+                    // load changed): start this run again rather than count it untested.
+                    unkilled += 1;
+                    std::fs::remove_dir_all(&data).unwrap();
+                    continue;
+                }
                 break;
             }
             child.kill().unwrap(); // SIGKILL
