@@ -343,14 +343,6 @@ pub async fn run_event_sink(
     .await;
 }
 
-fn tool_name(e: &ModEventRow) -> Option<String> {
-    e.event
-        .mod_tool
-        .as_deref()
-        .and_then(|t| serde_json::from_str::<Value>(t).ok())
-        .and_then(|t| t["name"].as_str().map(str::to_string))
-}
-
 fn event_json(e: &ModEventRow) -> Value {
     serde_json::from_str(&e.event.event_json).unwrap_or(Value::Null)
 }
@@ -429,7 +421,7 @@ impl EventSink for LabelEvents {
     fn deliver<'a>(&'a self, e: &'a ModEventRow) -> DeliveryFuture<'a> {
         Box::pin(async move {
             // The engine's labels and takedowns are signed by the label sink from the effect log.
-            if tool_name(e).as_deref() == Some(ENGINE_TOOL) {
+            if e.event.tool_name().as_deref() == Some(ENGINE_TOOL) {
                 return Delivery::Done;
             }
             let mut new = Vec::new();
@@ -609,7 +601,7 @@ impl EventSink for OzoneForwarder {
 
     fn deliver<'a>(&'a self, e: &'a ModEventRow) -> DeliveryFuture<'a> {
         Box::pin(async move {
-            if tool_name(e).as_deref() != Some(ENGINE_TOOL) {
+            if e.event.tool_name().as_deref() != Some(ENGINE_TOOL) {
                 return Delivery::Done;
             }
             let body = json!({

@@ -88,6 +88,22 @@ pub struct NewModEvent {
     pub removed_tags: Vec<String>,
 }
 
+impl NewModEvent {
+    /// The `name` of the event's `modTool` (also kept in its own column for filtering).
+    /// Only that field is decoded: the rest of the tool's JSON (a rule's explanation and
+    /// evidence) is skipped without building values.
+    pub fn tool_name(&self) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Tool {
+            name: Option<String>,
+        }
+        self.mod_tool
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<Tool>(t).ok())
+            .and_then(|t| t.name)
+    }
+}
+
 /// An event read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModEventRow {
@@ -801,14 +817,6 @@ fn unique<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     out
 }
 
-/// The `name` of an event's `modTool`, kept in its own column for filtering.
-fn tool_name(e: &NewModEvent) -> Option<String> {
-    e.mod_tool
-        .as_deref()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
-        .and_then(|t| t["name"].as_str().map(str::to_string))
-}
-
 fn json_list(v: &[String]) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
 }
@@ -1158,7 +1166,7 @@ macro_rules! mod_store {
                         .bind(&e.created_by)
                         .bind(&e.created_at)
                         .bind(&e.mod_tool)
-                        .bind(tool_name(e))
+                        .bind(e.tool_name())
                         .bind(&e.external_id)
                         .bind(&e.comment)
                         .bind(&e.report_type)
@@ -1236,25 +1244,40 @@ macro_rules! mod_store {
                     written.insert(r.get(20), status_row(&r));
                 }
             }
-            for (key, status) in &written {
-                if stored_tags.get(key).map_or(&[][..], Vec::as_slice) == status.tags.as_slice() {
-                    continue;
+            // The tag index of every subject whose tags changed: one delete and one insert
+            // per chunk of subjects, not two statements per subject and tag.
+            let retagged: Vec<&SubjectStatus> = written
+                .iter()
+                .filter(|(key, status)| {
+                    stored_tags.get(*key).map_or(&[][..], Vec::as_slice) != status.tags.as_slice()
+                })
+                .map(|(_, status)| status)
+                .collect();
+            for chunk in retagged.chunks(BATCH_ROWS) {
+                let sql = format!(
+                    "DELETE FROM mod_subject_tags WHERE subject_id IN ({})",
+                    numbered(1, chunk.len(), ANONYMOUS)
+                );
+                let mut q = sqlx::query(&sql);
+                for status in chunk {
+                    q = q.bind(status.id);
                 }
-                sqlx::query("DELETE FROM mod_subject_tags WHERE subject_id = $1")
-                    .bind(status.id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err("replacing subject tags"))?;
-                for tag in &status.tags {
-                    sqlx::query(
-                        "INSERT INTO mod_subject_tags (tag, subject_id) VALUES ($1, $2) \
+                q.execute(&mut *tx).await.map_err(err("replacing subject tags"))?;
+                let tags: Vec<(&str, i64)> = chunk
+                    .iter()
+                    .flat_map(|s| s.tags.iter().map(|t| (t.as_str(), s.id)))
+                    .collect();
+                for rows in tags.chunks(BATCH_ROWS) {
+                    let sql = format!(
+                        "INSERT INTO mod_subject_tags (tag, subject_id) VALUES {} \
                          ON CONFLICT DO NOTHING",
-                    )
-                    .bind(tag)
-                    .bind(status.id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err("writing subject tags"))?;
+                        numbered_rows(rows.len(), 2, ANONYMOUS)
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for (tag, id) in rows {
+                        q = q.bind(*tag).bind(*id);
+                    }
+                    q.execute(&mut *tx).await.map_err(err("writing subject tags"))?;
                 }
             }
             // Each event reports the status it left; the last one on a subject reports the
