@@ -126,14 +126,14 @@ async fn deliver_next(
         .sink_cursor(cursor_name)
         .await
         .map_err(|e| e.to_string())?;
-    let rows = store
-        .effects_after(cursor, config.batch_size.max(1))
+    // Without `all_actions` only `notify` effects can name this webhook.
+    let verbs: &[&str] = if config.all_actions { &[] } else { &["notify"] };
+    let page = store
+        .applied_effects(cursor, config.batch_size.max(1), verbs)
         .await
         .map_err(|e| e.to_string())?;
-    let Some(last) = rows.last().map(|r| r.id) else {
-        return Ok(false);
-    };
-    let selected: Vec<&EffectRow> = rows
+    let selected: Vec<&EffectRow> = page
+        .rows
         .iter()
         .filter(|r| selects(r, &config.name, config.all_actions))
         .collect();
@@ -144,9 +144,11 @@ async fn deliver_next(
             .map_err(|e| e.to_string())?;
         metrics.sink_delivered(&config.name, selected.len() as u64);
     }
-    store
-        .set_sink_cursor(cursor_name, last)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(rows.len() as u32 >= config.batch_size.max(1))
+    if page.cursor > cursor {
+        store
+            .set_sink_cursor(cursor_name, page.cursor)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(page.full)
 }

@@ -53,10 +53,13 @@ impl Skip {
     }
 }
 
+/// The verbs whose applied effects become labels.
+pub const LABEL_VERBS: &[&str] = &["label", "negate_label", "takedown"];
+
 /// The unsigned label an effect asks for, if it asks for one.
 pub fn label_for_effect(row: &EffectRow, labeler_did: &str) -> Result<Option<Label>, Skip> {
     let e = &row.effect;
-    if e.outcome != "applied" || !matches!(e.verb.as_str(), "label" | "negate_label" | "takedown") {
+    if e.outcome != "applied" || !LABEL_VERBS.contains(&e.verb.as_str()) {
         return Ok(None);
     }
     let action: serde_json::Value =
@@ -180,16 +183,14 @@ pub async fn pass(
         .sink_cursor(CURSOR)
         .await
         .map_err(|e| e.to_string())?;
-    let rows = effects
-        .effects_after(cursor, batch)
+    let page = effects
+        .applied_effects(cursor, batch, LABEL_VERBS)
         .await
         .map_err(|e| e.to_string())?;
-    let Some(last) = rows.last().map(|r| r.id) else {
-        return Ok(false);
-    };
+    let rows = &page.rows;
     let metrics: &LabelerMetrics = hub.metrics();
     let mut labels = Vec::new();
-    for row in &rows {
+    for row in rows {
         match label_for_effect(row, &config.labeler_did) {
             Ok(Some(label)) if label.neg => {
                 // The engine negates a value on a subject, whatever record version carried it
@@ -238,11 +239,13 @@ pub async fn pass(
         }
         hub.wake();
     }
-    effects
-        .set_sink_cursor(CURSOR, last)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(rows.len() as u32 >= batch)
+    if page.cursor > cursor {
+        effects
+            .set_sink_cursor(CURSOR, page.cursor)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(page.full)
 }
 
 /// Re-signs every stored label not signed by `key` (after a key rotation), keeping each

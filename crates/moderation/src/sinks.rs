@@ -163,18 +163,16 @@ pub async fn engine_pass(
         .sink_cursor(ENGINE_CURSOR)
         .await
         .map_err(|e| e.to_string())?;
-    let rows = effects
-        .effects_after(cursor, batch)
+    let page = effects
+        .applied_effects(cursor, batch, &[])
         .await
         .map_err(|e| e.to_string())?;
-    let Some(last) = rows.last().map(|r| r.id) else {
-        return Ok(false);
-    };
+    let rows = &page.rows;
     // The whole pass is filed in one transaction: a commit per event would rewrite the
     // queue's index pages once per event.
     let mut filed = Vec::with_capacity(rows.len());
     let mut events = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         match event_for_effect(row) {
             Ok(Some(ev)) => {
                 filed.push(row);
@@ -199,11 +197,13 @@ pub async fn engine_pass(
             }
         }
     }
-    effects
-        .set_sink_cursor(ENGINE_CURSOR, last)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(rows.len() as u32 >= batch)
+    if page.cursor > cursor {
+        effects
+            .set_sink_cursor(ENGINE_CURSOR, page.cursor)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(page.full)
 }
 
 /// Runs the engine sink until `shutdown`.

@@ -165,6 +165,41 @@ pub struct EffectRow {
     pub effect: NewEffect,
 }
 
+/// A page of the effect log for a sink ([`Store::applied_effects`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectPage {
+    /// The effects the sink asked for, oldest first.
+    pub rows: Vec<EffectRow>,
+    /// Where the sink resumes: the last row's id, or past every effect logged so far when
+    /// the page is not full (the rows skipped are not the sink's).
+    pub cursor: i64,
+    /// Whether the page holds `limit` rows (more may be waiting).
+    pub full: bool,
+}
+
+const EFFECT_COLUMNS: &str = "id, logged_at, idempotency_key, event_time, cursor, did, rule, \
+     ruleset_version, mode, verb, subject, outcome, action";
+
+fn effect_row(r: &sqlx::sqlite::SqliteRow) -> EffectRow {
+    EffectRow {
+        id: r.get(0),
+        logged_at: r.get(1),
+        effect: NewEffect {
+            idempotency_key: r.get(2),
+            event_time: r.get(3),
+            cursor: r.get(4),
+            did: r.get(5),
+            rule: r.get(6),
+            ruleset_version: r.get(7),
+            mode: r.get(8),
+            verb: r.get(9),
+            subject: r.get(10),
+            outcome: r.get(11),
+            action: r.get(12),
+        },
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) `skywarden.db` in `dir`, which must exist.
     pub async fn open(dir: &Path) -> Result<Store> {
@@ -226,36 +261,67 @@ impl Store {
 
     /// Up to `limit` effects with `id > after`, oldest first.
     pub async fn effects_after(&self, after: i64, limit: u32) -> Result<Vec<EffectRow>> {
-        let rows = sqlx::query(
-            "SELECT id, logged_at, idempotency_key, event_time, cursor, did, rule, \
-             ruleset_version, mode, verb, subject, outcome, action \
-             FROM effects WHERE id > ? ORDER BY id LIMIT ?",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err("reading the effect log"))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| EffectRow {
-                id: r.get(0),
-                logged_at: r.get(1),
-                effect: NewEffect {
-                    idempotency_key: r.get(2),
-                    event_time: r.get(3),
-                    cursor: r.get(4),
-                    did: r.get(5),
-                    rule: r.get(6),
-                    ruleset_version: r.get(7),
-                    mode: r.get(8),
-                    verb: r.get(9),
-                    subject: r.get(10),
-                    outcome: r.get(11),
-                    action: r.get(12),
-                },
-            })
-            .collect())
+        let sql = format!("SELECT {EFFECT_COLUMNS} FROM effects WHERE id > ? ORDER BY id LIMIT ?");
+        let rows = sqlx::query(&sql)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("reading the effect log"))?;
+        Ok(rows.iter().map(effect_row).collect())
+    }
+
+    /// What a sink reads next: up to `limit` applied effects with `id > after`, oldest
+    /// first, of the given verbs (all verbs when `verbs` is empty). Rows the sink does not
+    /// want are skipped by the database, never read; [`EffectPage::cursor`] says where the
+    /// sink resumes, past them.
+    pub async fn applied_effects(
+        &self,
+        after: i64,
+        limit: u32,
+        verbs: &[&str],
+    ) -> Result<EffectPage> {
+        // Effects are written by one writer at a time and ids only grow, so every id up to the
+        // largest one visible now is committed: the sink may resume after it.
+        let end: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) FROM effects")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err("reading the effect log"))?
+            .get(0);
+        if end <= after {
+            return Ok(EffectPage {
+                rows: Vec::new(),
+                cursor: after,
+                full: false,
+            });
+        }
+        let mut sql = format!(
+            "SELECT {EFFECT_COLUMNS} FROM effects \
+             WHERE id > ? AND id <= ? AND outcome = 'applied'"
+        );
+        if !verbs.is_empty() {
+            sql.push_str(" AND verb IN ");
+            push_placeholders(&mut sql, 1, verbs.len());
+        }
+        sql.push_str(" ORDER BY id LIMIT ?");
+        let mut q = sqlx::query(&sql).bind(after).bind(end);
+        for v in verbs {
+            q = q.bind(*v);
+        }
+        let rows: Vec<EffectRow> = q
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("reading the effect log"))?
+            .iter()
+            .map(effect_row)
+            .collect();
+        let full = rows.len() as u64 >= u64::from(limit);
+        let cursor = match rows.last() {
+            Some(last) if full => last.id,
+            _ => end,
+        };
+        Ok(EffectPage { rows, cursor, full })
     }
 
     /// The number of effects in the log.
@@ -610,6 +676,76 @@ mod tests {
             store.effects_after(rows[0].id, 1000).await.unwrap().len(),
             rows.len() - 1
         );
+    }
+
+    #[tokio::test]
+    async fn a_sink_reads_only_its_applied_verbs_and_resumes_past_the_rest() {
+        let store = Store::open_in_memory().await.unwrap();
+        assert_eq!(
+            store.applied_effects(0, 10, &["label"]).await.unwrap(),
+            EffectPage {
+                rows: Vec::new(),
+                cursor: 0,
+                full: false
+            }
+        );
+        let with = |key: &str, verb: &str, outcome: &str| NewEffect {
+            verb: verb.into(),
+            outcome: outcome.into(),
+            ..effect(key)
+        };
+        let log = [
+            with("a", "flag", "applied"),
+            with("b", "label", "applied"),
+            with("c", "label", "shadow"),
+            with("d", "takedown", "applied"),
+            with("e", "report", "applied"),
+            with("f", "tag", "applied"),
+        ];
+        let mut tx = store.begin().await.unwrap();
+        let refs: Vec<&NewEffect> = log.iter().collect();
+        tx.insert_effects(&refs, 1).await.unwrap();
+        tx.commit().await.unwrap();
+        let ids: Vec<i64> = store
+            .effects_after(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        let keys = |page: &EffectPage| -> Vec<String> {
+            page.rows
+                .iter()
+                .map(|r| r.effect.idempotency_key.clone())
+                .collect()
+        };
+        // A full page resumes after its last row; the next page, not full, past everything
+        // logged, though the rows after its last one are not the sink's.
+        let first = store
+            .applied_effects(0, 1, &["label", "takedown"])
+            .await
+            .unwrap();
+        assert_eq!(
+            (keys(&first), first.cursor, first.full),
+            (vec!["b".into()], ids[1], true)
+        );
+        let second = store
+            .applied_effects(first.cursor, 5, &["label", "takedown"])
+            .await
+            .unwrap();
+        assert_eq!(
+            (keys(&second), second.cursor, second.full),
+            (vec!["d".into()], ids[5], false)
+        );
+        let nothing = store
+            .applied_effects(second.cursor, 5, &["label"])
+            .await
+            .unwrap();
+        assert_eq!((nothing.rows.len(), nothing.cursor), (0, ids[5]));
+        // No verbs: every applied effect, shadow ones left out.
+        let all = store.applied_effects(0, 10, &[]).await.unwrap();
+        assert_eq!(keys(&all), ["a", "b", "d", "e", "f"]);
+        assert_eq!(all.cursor, ids[5]);
     }
 
     #[tokio::test]
