@@ -20,7 +20,9 @@ use serde_json::{Value, json};
 use skywarden_atproto::label::Label;
 use skywarden_labeler::hub::LabelHub;
 use skywarden_labeler::key::LabelerKey;
-use skywarden_store::moderation::{ModEventRow, ModStore, RecordSnapshot, SubjectRef};
+use skywarden_store::moderation::{
+    EventSelection, ModEventRow, ModStore, RecordSnapshot, SubjectRef, ToolSelection,
+};
 use skywarden_store::{EffectRow, Store};
 use std::future::Future;
 use std::pin::Pin;
@@ -283,6 +285,10 @@ pub trait EventSink: Send + Sync {
     fn name(&self) -> &'static str;
     /// Delivers one event (must be idempotent: delivery is at least once).
     fn deliver<'a>(&'a self, event: &'a ModEventRow) -> DeliveryFuture<'a>;
+    /// The events the sink is given (the store skips the rest); every event by default.
+    fn selection(&self) -> EventSelection {
+        EventSelection::default()
+    }
 }
 
 /// One pass of an event sink; returns whether a full batch was read.
@@ -293,13 +299,14 @@ pub async fn event_pass(
 ) -> Result<bool, String> {
     let name = sink.name();
     let cursor = store.cursor(name).await.map_err(|e| e.to_string())?;
-    let rows = store
-        .events_after(cursor, 100)
+    let selection = sink.selection();
+    let page = store
+        .events_for_sink(cursor, 100, &selection)
         .await
         .map_err(|e| e.to_string())?;
     let mut done = cursor;
-    let mut result = Ok(rows.len() >= 100);
-    for row in &rows {
+    let mut result = Ok(page.full);
+    for row in &page.rows {
         match sink.deliver(row).await {
             Delivery::Done => {}
             Delivery::Skipped(reason) => {
@@ -317,6 +324,10 @@ pub async fn event_pass(
             }
         }
         done = row.id;
+    }
+    if result.is_ok() {
+        // Everything up to the page's cursor was delivered or is not this sink's.
+        done = done.max(page.cursor);
     }
     if done > cursor {
         store
@@ -416,6 +427,16 @@ impl LabelEvents {
 impl EventSink for LabelEvents {
     fn name(&self) -> &'static str {
         "labels"
+    }
+
+    fn selection(&self) -> EventSelection {
+        EventSelection {
+            types: [Kind::Label, Kind::Takedown, Kind::ReverseTakedown]
+                .map(Kind::type_name)
+                .to_vec(),
+            // The engine's labels and takedowns are signed by the label sink from the effect log.
+            tool: ToolSelection::Except(ENGINE_TOOL.to_string()),
+        }
     }
 
     fn deliver<'a>(&'a self, e: &'a ModEventRow) -> DeliveryFuture<'a> {
@@ -533,6 +554,15 @@ impl EventSink for PdsEnforcement {
         "pds"
     }
 
+    fn selection(&self) -> EventSelection {
+        EventSelection {
+            types: [Kind::Takedown, Kind::ReverseTakedown]
+                .map(Kind::type_name)
+                .to_vec(),
+            tool: ToolSelection::Any,
+        }
+    }
+
     fn deliver<'a>(&'a self, e: &'a ModEventRow) -> DeliveryFuture<'a> {
         Box::pin(async move {
             let applied = match Kind::from_type(&e.event.event_type) {
@@ -597,6 +627,13 @@ impl OzoneForwarder {
 impl EventSink for OzoneForwarder {
     fn name(&self) -> &'static str {
         "ozone"
+    }
+
+    fn selection(&self) -> EventSelection {
+        EventSelection {
+            types: Vec::new(),
+            tool: ToolSelection::Only(ENGINE_TOOL.to_string()),
+        }
     }
 
     fn deliver<'a>(&'a self, e: &'a ModEventRow) -> DeliveryFuture<'a> {

@@ -385,6 +385,39 @@ pub struct Member {
     pub last_updated_by: String,
 }
 
+/// Which events of the log an event sink reads ([`ModStore::events_for_sink`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventSelection {
+    /// Only events of these `$type`s; every type when empty.
+    pub types: Vec<String>,
+    /// Which tools' events (`modTool.name`).
+    pub tool: ToolSelection,
+}
+
+/// Events by the tool that filed them (`modTool.name`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ToolSelection {
+    /// Every event.
+    #[default]
+    Any,
+    /// Only events this tool filed.
+    Only(String),
+    /// Every event but those this tool filed.
+    Except(String),
+}
+
+/// A page of the event log for a sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventPage {
+    /// The events the sink selected, in id order.
+    pub rows: Vec<ModEventRow>,
+    /// Where the sink resumes: the last row's id, or past every event logged so far when
+    /// the page is not full (the events skipped are not the sink's).
+    pub cursor: i64,
+    /// Whether the page holds `limit` rows (more may be waiting).
+    pub full: bool,
+}
+
 /// A copy of a record as skywarden saw it, kept as evidence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordSnapshot {
@@ -434,8 +467,17 @@ pub trait ModStore: Send + Sync + std::fmt::Debug {
     fn event(&self, id: i64) -> StoreFuture<'_, Option<ModEventRow>>;
     /// An event history view; results are ordered by id.
     fn events<'a>(&'a self, query: &'a EventQuery) -> StoreFuture<'a, Vec<ModEventRow>>;
-    /// Up to `limit` events with `id > after`, in id order (for sinks).
+    /// Up to `limit` events with `id > after`, in id order.
     fn events_after(&self, after: i64, limit: u32) -> StoreFuture<'_, Vec<ModEventRow>>;
+    /// What an event sink reads next: up to `limit` events with `id > after` that
+    /// `selection` picks, in id order. The database skips the others; the page's cursor
+    /// moves past them.
+    fn events_for_sink<'a>(
+        &'a self,
+        after: i64,
+        limit: u32,
+        selection: &'a EventSelection,
+    ) -> StoreFuture<'a, EventPage>;
     /// The team.
     fn members(&self) -> StoreFuture<'_, Vec<Member>>;
     /// One member.
@@ -1459,6 +1501,76 @@ macro_rules! mod_store {
                         .await
                         .map_err(err("reading the moderation event log"))?;
                     Ok(rows.iter().map(event_row).collect())
+                })
+            }
+
+            fn events_for_sink<'a>(
+                &'a self,
+                after: i64,
+                limit: u32,
+                selection: &'a EventSelection,
+            ) -> StoreFuture<'a, EventPage> {
+                Box::pin(async move {
+                    // Event rows become visible in id order (one writer at a time), so every
+                    // id up to the largest visible now is committed: the sink may resume
+                    // after it.
+                    let end: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) FROM mod_events")
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(err("reading the moderation event log"))?
+                        .get(0);
+                    if end <= after {
+                        return Ok(EventPage { rows: Vec::new(), cursor: after, full: false });
+                    }
+                    let mut sql = format!(
+                        "SELECT {EVENT_COLUMNS} FROM mod_events WHERE id > $1 AND id <= $2"
+                    );
+                    let mut next = 3;
+                    if !selection.types.is_empty() {
+                        sql.push_str(&format!(
+                            " AND type IN ({})",
+                            numbered(next, selection.types.len(), false)
+                        ));
+                        next += selection.types.len();
+                    }
+                    let tool = match &selection.tool {
+                        ToolSelection::Any => None,
+                        ToolSelection::Only(t) => {
+                            sql.push_str(&format!(" AND mod_tool_name = ${next}"));
+                            Some(t)
+                        }
+                        ToolSelection::Except(t) => {
+                            sql.push_str(&format!(
+                                " AND (mod_tool_name IS NULL OR mod_tool_name <> ${next})"
+                            ));
+                            Some(t)
+                        }
+                    };
+                    if tool.is_some() {
+                        next += 1;
+                    }
+                    sql.push_str(&format!(" ORDER BY id LIMIT ${next}"));
+                    let mut q = sqlx::query(&sql).bind(after).bind(end);
+                    for t in &selection.types {
+                        q = q.bind(t.as_str());
+                    }
+                    if let Some(t) = tool {
+                        q = q.bind(t.as_str());
+                    }
+                    let rows: Vec<ModEventRow> = q
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(err("reading the moderation event log"))?
+                        .iter()
+                        .map(event_row)
+                        .collect();
+                    let full = rows.len() as u64 >= u64::from(limit);
+                    let cursor = match rows.last() {
+                        Some(last) if full => last.id,
+                        _ => end,
+                    };
+                    Ok(EventPage { rows, cursor, full })
                 })
             }
 

@@ -4,9 +4,9 @@
 
 use skywarden_store::Store;
 use skywarden_store::moderation::{
-    AuditEntry, BatchEmit, Emitted, EventQuery, Member, ModStore, NewModEvent, PgModStore,
-    RecordSnapshot, SqliteModStore, StatusQuery, StatusSort, SubjectKind, SubjectRef,
-    SubjectStatus, Transition, TransitionFn, review,
+    AuditEntry, BatchEmit, Emitted, EventPage, EventQuery, EventSelection, Member, ModStore,
+    NewModEvent, PgModStore, RecordSnapshot, SqliteModStore, StatusQuery, StatusSort, SubjectKind,
+    SubjectRef, SubjectStatus, ToolSelection, Transition, TransitionFn, review,
 };
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -897,3 +897,68 @@ async fn team_records_and_cursors(store: Arc<dyn ModStore>) {
     assert_eq!(store.cursor("pds").await.unwrap(), 43);
 }
 both!(team_records_and_cursors);
+
+async fn an_event_sink_reads_only_what_it_selects(store: Arc<dyn ModStore>) {
+    let empty = EventSelection::default();
+    let nothing = store.events_for_sink(0, 10, &empty).await.unwrap();
+    assert_eq!(
+        (nothing.rows.len(), nothing.cursor, nothing.full),
+        (0, 0, false)
+    );
+    let a = account("did:plc:a");
+    let engine = r#"{"name":"skywarden/rules","meta":{"rule":"r"}}"#;
+    let log = [
+        ("modEventTag", Some(engine)),
+        ("modEventLabel", None),
+        ("modEventTakedown", Some(engine)),
+        ("modEventComment", None),
+        ("modEventLabel", Some(engine)),
+        ("modEventTakedown", Some(r#"{"name":"other"}"#)),
+    ];
+    let mut ids = Vec::new();
+    for (i, (kind, tool)) in log.iter().enumerate() {
+        let mut e = event(kind, &a, "did:plc:mod", &at(i as u32));
+        e.mod_tool = tool.map(str::to_string);
+        ids.push(
+            emit(store.as_ref(), &e, &set(&a, &at(i as u32), |_| {}))
+                .await
+                .0,
+        );
+    }
+    let types = |kinds: &[&str]| -> Vec<String> {
+        kinds
+            .iter()
+            .map(|k| format!("tools.ozone.moderation.defs#{k}"))
+            .collect()
+    };
+    let page_ids = |page: &EventPage| -> Vec<i64> { page.rows.iter().map(|r| r.id).collect() };
+    // Labels and takedowns not filed by the engine (no tool counts as "not the engine").
+    let labels = EventSelection {
+        types: types(&["modEventLabel", "modEventTakedown"]),
+        tool: ToolSelection::Except("skywarden/rules".into()),
+    };
+    let first = store.events_for_sink(0, 1, &labels).await.unwrap();
+    assert_eq!(
+        (page_ids(&first), first.cursor, first.full),
+        (vec![ids[1]], ids[1], true)
+    );
+    let rest = store
+        .events_for_sink(first.cursor, 10, &labels)
+        .await
+        .unwrap();
+    assert_eq!(
+        (page_ids(&rest), rest.cursor, rest.full),
+        (vec![ids[5]], ids[5], false)
+    );
+    // The engine's events, of every type; a page that is not full resumes past the log's end.
+    let engine_only = EventSelection {
+        types: Vec::new(),
+        tool: ToolSelection::Only("skywarden/rules".into()),
+    };
+    let page = store.events_for_sink(0, 10, &engine_only).await.unwrap();
+    assert_eq!(page_ids(&page), [ids[0], ids[2], ids[4]]);
+    assert_eq!(page.cursor, ids[5]);
+    let all = store.events_for_sink(ids[3], 10, &empty).await.unwrap();
+    assert_eq!(page_ids(&all), [ids[4], ids[5]]);
+}
+both!(an_event_sink_reads_only_what_it_selects);
