@@ -243,6 +243,9 @@ pub struct ArchiveReader {
     chunk_pos: usize,
     chunk_base: i64,
     compressed: Vec<u8>,
+    /// Kept across chunks with `chunk`: a fresh context and buffer per chunk cost more than
+    /// the decompression itself (page faults on every new allocation).
+    decompressor: Option<zstd::bulk::Decompressor<'static>>,
 }
 
 impl ArchiveReader {
@@ -291,6 +294,7 @@ impl ArchiveReader {
             chunk_pos: 0,
             chunk_base: 0,
             compressed: Vec::new(),
+            decompressor: None,
         })
     }
 
@@ -364,17 +368,21 @@ impl ArchiveReader {
         }
         self.chunk.clear();
         self.chunk.reserve(raw_len);
-        let mut decoder = zstd::bulk::Decompressor::new().map_err(|source| ArchiveError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
-        let out = decoder
-            .decompress(&self.compressed, raw_len)
+        let decoder = match &mut self.decompressor {
+            Some(d) => d,
+            empty => empty.insert(zstd::bulk::Decompressor::new().map_err(|source| {
+                ArchiveError::Io {
+                    path: self.path.clone(),
+                    source,
+                }
+            })?),
+        };
+        let n = decoder
+            .decompress_to_buffer(&self.compressed, &mut self.chunk)
             .map_err(|e| self.corrupt(self.offset, format!("chunk does not decompress: {e}")))?;
-        if out.len() != raw_len {
+        if n != raw_len {
             return Err(self.corrupt(self.offset, "chunk size differs from its header"));
         }
-        self.chunk = out;
         self.chunk_pos = 0;
         self.offset += (CHUNK_HEADER_LEN + compressed_len) as u64;
         Ok(true)
