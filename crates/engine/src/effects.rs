@@ -30,6 +30,7 @@ use skywarden_rules::action::{Action, Subject, Verb};
 use skywarden_rules::{Firing, Mode};
 use skywarden_store::{NewEffect, StateValue, Store, StoreError};
 use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 /// An action waiting to be logged.
@@ -105,34 +106,38 @@ pub fn subject_string(subject: &Subject) -> &str {
 }
 
 /// Pending effects for the firings of one unit (`unit` is the op index, 0 for non-commits).
+/// The firings' actions move into the pending effects; `firings` is left empty.
 pub fn pending(
     event: &Arc<Event>,
     unit: usize,
     now: i64,
-    firings: &[Firing],
+    firings: &mut Vec<Firing>,
     out: &mut Vec<PendingEffect>,
 ) {
     if firings.is_empty() {
         return;
     }
     let id = event_id(event);
-    for firing in firings {
-        for (i, action) in firing.actions.iter().enumerate() {
+    let unit_digits = unit.to_string();
+    let mut position = String::new();
+    for firing in firings.drain(..) {
+        for (i, action) in firing.actions.into_iter().enumerate() {
+            position.clear();
+            // Infallible: writing to a String.
+            let _ = write!(position, "{i}");
             let mut h = Sha256::new();
             for part in [
                 event.did.as_str(),
                 &id,
-                &unit.to_string(),
+                &unit_digits,
                 &firing.rule_name,
-                &i.to_string(),
+                &position,
             ] {
                 h.update(part.as_bytes());
                 h.update([0]);
             }
-            let key: String = h.finalize()[..16]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let mut key = String::with_capacity(32);
+            crate::push_hex(&mut key, &h.finalize()[..16]);
             out.push(PendingEffect {
                 effect: NewEffect {
                     idempotency_key: key,
@@ -147,7 +152,7 @@ pub fn pending(
                     outcome: String::new(),
                     action: String::new(),
                 },
-                action: action.clone(),
+                action,
                 event: event.clone(),
                 unit,
             });
@@ -459,6 +464,45 @@ mod tests {
 
     fn flag() -> Verb {
         Verb::Flag { value: "f".into() }
+    }
+
+    /// Idempotency keys must never change between releases: a restart replays events after
+    /// the last checkpoint, and only equal keys keep their effects from being logged twice.
+    /// The expected keys are SHA-256 (Python's `hashlib`) of the NUL-terminated parts.
+    #[test]
+    fn idempotency_keys_are_stable() {
+        let event = Arc::new(Event {
+            cursor: 1,
+            did: "did:plc:a".into(),
+            time: "2026-12-01T00:00:00Z".into(),
+            body: EventBody::Identity { handle: None },
+        });
+        let firing = |actions: usize| Firing {
+            rule: 0,
+            rule_name: "spam-ring".into(),
+            mode: Mode::Live,
+            explanation: Vec::new(),
+            actions: (0..actions)
+                .map(|_| effect("", "did:plc:a", flag(), Mode::Live).action)
+                .collect(),
+        };
+        let mut out = Vec::new();
+        let mut firings = vec![firing(2)];
+        pending(&event, 0, 1, &mut firings, &mut out);
+        assert!(firings.is_empty());
+        pending(&event, 12, 1, &mut vec![firing(1)], &mut out);
+        let keys: Vec<&str> = out
+            .iter()
+            .map(|p| p.effect.idempotency_key.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "7881ed6f3a9626d53eb3cd2a054f88ac",
+                "41650110a5d44f6ce8ab89dfbf8d60fa",
+                "400f059f3216e3672ebe99c1c245bb11"
+            ]
+        );
     }
 
     /// One batch decides each effect on what the store had and what the effects before it in

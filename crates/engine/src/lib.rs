@@ -20,4 +20,13 @@ pub mod state;
 pub mod webhook;
 
 pub use pipeline::{Engine, EngineConfig, EngineError, EventSource, RunSummary};
+
+/// Appends `bytes` to `out` as lowercase hex.
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &byte in bytes {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+}
 pub use rules::{RulesOrigin, RulesSlot};

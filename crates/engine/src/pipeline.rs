@@ -549,7 +549,7 @@ async fn worker(
                 for f in &firings {
                     hits[f.rule] += 1;
                 }
-                effects::pending(&event, unit, now, &firings, &mut out.effects);
+                effects::pending(&event, unit, now, &mut firings, &mut out.effects);
             }
             metrics
                 .evaluation_seconds

@@ -336,10 +336,7 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
     let tag = mac(secret, timestamp, body).finalize().into_bytes();
     let mut out = String::with_capacity(7 + 2 * tag.len());
     out.push_str("sha256=");
-    for byte in tag {
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 0xf)]));
-    }
+    crate::push_hex(&mut out, &tag);
     out
 }
 
@@ -354,8 +351,6 @@ pub fn verify(secret: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
     };
     mac(secret, timestamp, body).verify_slice(&tag).is_ok()
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 fn mac(secret: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
