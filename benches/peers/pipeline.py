@@ -2,8 +2,9 @@
 """End-to-end pipeline benchmark: `skywarden serve` consuming the simulator's firehose over a
 real WebSocket on loopback, with the default ruleset and the SQLite effect log.
 
-The simulator pre-generates EVENTS signed frames (`simulate --rate 0`) and serves them as fast
-as `serve` reads. For each partition count, a fresh `serve --relay ws://… --cursor 0` runs until
+The simulator pre-generates EVENTS signed frames (`simulate --rate 0`, simulated time from
+2026-01-01T00:00:00Z: the same frames as `simulate --out`) and serves them as fast as `serve`
+reads. For each partition count, a fresh `serve --relay ws://… --cursor 0` runs until
 every event is evaluated and its effects are durable (`skywarden_lag_events` back to 0), and then
 until the sinks have carried out every logged effect (the label sink's and the moderation
 queue's cursors at the last effect). Printed per run, at both points: events/s end to end and
@@ -151,8 +152,11 @@ def main():
         sys.exit("build first: cargo build --release -p skywarden")
     relay = free_port()
     t0 = time.time()
+    # A fixed simulated start (the archive default): with `now`, a run that straddles an hour
+    # boundary splits the rules' hourly windows and fires differently from the next run.
     sim = subprocess.Popen([BIN, "simulate", "--seed", "7", "--accounts", str(args.accounts),
-                            "--events", str(args.events), "--rate", "0", "--listen", f"127.0.0.1:{relay}"],
+                            "--events", str(args.events), "--rate", "0", "--start", "2026-01-01T00:00:00Z",
+                            "--listen", f"127.0.0.1:{relay}"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(relay, 900)
