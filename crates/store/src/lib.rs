@@ -165,17 +165,41 @@ pub struct EffectRow {
     pub effect: NewEffect,
 }
 
-/// A page of the effect log for a sink ([`Store::applied_effects`]).
+/// A page of a log (effects, moderation events) for a sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EffectPage {
-    /// The effects the sink asked for, oldest first.
-    pub rows: Vec<EffectRow>,
-    /// Where the sink resumes: the last row's id, or past every effect logged so far when
-    /// the page is not full (the rows skipped are not the sink's).
+pub struct LogPage<T> {
+    /// The rows the sink asked for, oldest first.
+    pub rows: Vec<T>,
+    /// Where the sink resumes: the last row's id, or past every row logged so far when the
+    /// page is not full (the rows skipped are not the sink's).
     pub cursor: i64,
     /// Whether the page holds `limit` rows (more may be waiting).
     pub full: bool,
 }
+
+impl<T> LogPage<T> {
+    /// Nothing new after `after`.
+    pub(crate) fn empty(after: i64) -> Self {
+        LogPage {
+            rows: Vec::new(),
+            cursor: after,
+            full: false,
+        }
+    }
+
+    /// The page of `rows` read with `limit` from a log whose last visible id was `end`.
+    pub(crate) fn new(rows: Vec<T>, limit: u32, end: i64, id: impl Fn(&T) -> i64) -> Self {
+        let full = rows.len() as u64 >= u64::from(limit);
+        let cursor = match rows.last() {
+            Some(last) if full => id(last),
+            _ => end,
+        };
+        LogPage { rows, cursor, full }
+    }
+}
+
+/// A page of the effect log for a sink ([`Store::applied_effects`]).
+pub type EffectPage = LogPage<EffectRow>;
 
 const EFFECT_COLUMNS: &str = "id, logged_at, idempotency_key, event_time, cursor, did, rule, \
      ruleset_version, mode, verb, subject, outcome, action";
@@ -289,11 +313,7 @@ impl Store {
             .map_err(err("reading the effect log"))?
             .get(0);
         if end <= after {
-            return Ok(EffectPage {
-                rows: Vec::new(),
-                cursor: after,
-                full: false,
-            });
+            return Ok(LogPage::empty(after));
         }
         let mut sql = format!(
             "SELECT {EFFECT_COLUMNS} FROM effects \
@@ -316,12 +336,7 @@ impl Store {
             .iter()
             .map(effect_row)
             .collect();
-        let full = rows.len() as u64 >= u64::from(limit);
-        let cursor = match rows.last() {
-            Some(last) if full => last.id,
-            _ => end,
-        };
-        Ok(EffectPage { rows, cursor, full })
+        Ok(LogPage::new(rows, limit, end, |r| r.id))
     }
 
     /// The number of effects in the log.

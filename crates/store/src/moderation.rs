@@ -406,17 +406,8 @@ pub enum ToolSelection {
     Except(String),
 }
 
-/// A page of the event log for a sink.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventPage {
-    /// The events the sink selected, in id order.
-    pub rows: Vec<ModEventRow>,
-    /// Where the sink resumes: the last row's id, or past every event logged so far when
-    /// the page is not full (the events skipped are not the sink's).
-    pub cursor: i64,
-    /// Whether the page holds `limit` rows (more may be waiting).
-    pub full: bool,
-}
+/// A page of the event log for a sink ([`ModStore::events_for_sink`]).
+pub type EventPage = crate::LogPage<ModEventRow>;
 
 /// A copy of a record as skywarden saw it, kept as evidence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1520,7 +1511,7 @@ macro_rules! mod_store {
                         .map_err(err("reading the moderation event log"))?
                         .get(0);
                     if end <= after {
-                        return Ok(EventPage { rows: Vec::new(), cursor: after, full: false });
+                        return Ok(EventPage::empty(after));
                     }
                     let mut sql = format!(
                         "SELECT {EVENT_COLUMNS} FROM mod_events WHERE id > $1 AND id <= $2"
@@ -1565,12 +1556,7 @@ macro_rules! mod_store {
                         .iter()
                         .map(event_row)
                         .collect();
-                    let full = rows.len() as u64 >= u64::from(limit);
-                    let cursor = match rows.last() {
-                        Some(last) if full => last.id,
-                        _ => end,
-                    };
-                    Ok(EventPage { rows, cursor, full })
+                    Ok(EventPage::new(rows, limit, end, |r| r.id))
                 })
             }
 
