@@ -34,6 +34,13 @@ use tokio::sync::{Notify, watch};
 pub const ENGINE_TOOL: &str = "skywarden/rules";
 /// The engine sink's cursor in the effect store.
 pub const ENGINE_CURSOR: &str = "moderation";
+/// The most effects one pass of the engine sink files (in one transaction).
+pub const ENGINE_PASS: u32 = 1000;
+/// How long the engine sink waits after a pass that drained the effect log. Filing costs
+/// mostly index pages written per transaction (the queue's keys are random, so a few events
+/// dirty as many pages as many events do): letting effects gather for a quarter of a second
+/// files several writer commits' worth at once, at that much latency to the queue.
+pub const ENGINE_LINGER: Duration = Duration::from_millis(250);
 
 /// The moderation event an applied effect asks for, if any (`Err`: why it cannot be one).
 pub fn event_for_effect(row: &EffectRow) -> Result<Option<AutomatedEvent>, &'static str> {
@@ -216,17 +223,20 @@ pub async fn run_engine_sink(
     shutdown: watch::Receiver<bool>,
 ) {
     let metrics = moderation.metrics().clone();
-    run_loop("engine", &metrics, wake, shutdown, || {
-        engine_pass(&effects, &moderation, 200)
+    run_loop("engine", &metrics, wake, shutdown, ENGINE_LINGER, || {
+        engine_pass(&effects, &moderation, ENGINE_PASS)
     })
     .await;
 }
 
+/// Runs `pass` until `shutdown`: again at once after a full page, after a pause (backoff) on
+/// failure, and otherwise after `linger` once woken (or after a second).
 async fn run_loop<F, Fut>(
     name: &str,
     metrics: &ModerationMetrics,
     wake: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
+    linger: Duration,
     mut pass: F,
 ) where
     F: FnMut() -> Fut,
@@ -244,7 +254,14 @@ async fn run_loop<F, Fut>(
                 failures = 0;
                 continue;
             }
-            Ok(false) => failures = 0,
+            Ok(false) if linger.is_zero() => failures = 0,
+            Ok(false) => {
+                failures = 0;
+                tokio::select! {
+                    _ = tokio::time::sleep(linger) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
             Err(e) => {
                 failures += 1;
                 metrics.sink_failure(name);
@@ -347,10 +364,17 @@ pub async fn run_event_sink(
     shutdown: watch::Receiver<bool>,
 ) {
     let name = sink.name();
-    run_loop(name, &metrics.clone(), wake, shutdown, || {
-        let (store, sink, metrics) = (store.clone(), sink.clone(), metrics.clone());
-        async move { event_pass(store.as_ref(), sink.as_ref(), &metrics).await }
-    })
+    run_loop(
+        name,
+        &metrics.clone(),
+        wake,
+        shutdown,
+        Duration::ZERO,
+        || {
+            let (store, sink, metrics) = (store.clone(), sink.clone(), metrics.clone());
+            async move { event_pass(store.as_ref(), sink.as_ref(), &metrics).await }
+        },
+    )
     .await;
 }
 
