@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// Checkpoint at least every this many events [default: 500000].
     #[arg(long, value_name = "N", env = "SKYWARDEN_CHECKPOINT_EVENTS")]
     pub checkpoint_events: Option<u64>,
+    /// Group commit: the effect writer commits at most once per this many milliseconds
+    /// (0: at once) [default: 50].
+    #[arg(long, value_name = "MS", env = "SKYWARDEN_COMMIT_WINDOW_MS")]
+    pub commit_window_ms: Option<u64>,
     /// How long evaluation may wait for an unresolved identity, in ms [default: 0].
     #[arg(long, value_name = "MS", env = "SKYWARDEN_IDENTITY_BUDGET_MS")]
     pub identity_budget_ms: Option<u64>,
@@ -133,6 +137,7 @@ pub struct FileConfig {
     batch_size: Option<usize>,
     checkpoint_interval_ms: Option<u64>,
     checkpoint_events: Option<u64>,
+    commit_window_ms: Option<u64>,
     identity_budget_ms: Option<u64>,
     watch_rules: Option<bool>,
     log_format: Option<String>,
@@ -305,6 +310,10 @@ impl ServeArgs {
                 .checkpoint_events
                 .or(file.checkpoint_events)
                 .unwrap_or(defaults.checkpoint_events),
+            commit_window: self
+                .commit_window_ms
+                .or(file.commit_window_ms)
+                .map_or(defaults.commit_window, Duration::from_millis),
             quotas,
             identity_budget: self
                 .identity_budget_ms

@@ -57,6 +57,10 @@ pub struct EngineConfig {
     pub identity_budget: Duration,
     /// The checkpoint's name (one per source).
     pub source_name: String,
+    /// Group commit: the effect writer commits at most once per window, so a busy stream's
+    /// effects share transactions (each commit rewrites the random-key index pages it
+    /// touches) at up to this much extra latency. Zero commits as soon as effects arrive.
+    pub commit_window: Duration,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +74,7 @@ impl Default for EngineConfig {
             quotas: Quotas::new(),
             identity_budget: Duration::ZERO,
             source_name: "default".into(),
+            commit_window: Duration::from_millis(50),
         }
     }
 }
@@ -270,9 +275,12 @@ impl Engine {
             EffectWriter::new(self.store.clone(), self.config.quotas.clone()),
             self.accounts.clone(),
             self.metrics.clone(),
-            durable_tx,
-            failed_tx,
-            self.sinks_wake.clone(),
+            Signals {
+                durable: durable_tx,
+                failed: failed_tx,
+                sinks_wake: self.sinks_wake.clone(),
+            },
+            self.config.commit_window,
         ));
 
         let live = &self.metrics.live;
@@ -591,19 +599,50 @@ async fn worker(
     }
 }
 
+/// What the effect writer tells the rest of the engine.
+struct Signals {
+    /// Events whose effects are durable, counted in dispatch order.
+    durable: watch::Sender<u64>,
+    /// Why the writer stopped for good.
+    failed: watch::Sender<Option<String>>,
+    /// Woken after a commit that applied effects (the sinks read the log).
+    sinks_wake: Arc<Notify>,
+}
+
 async fn writer(
     mut rx: mpsc::Receiver<Done>,
     effects: EffectWriter,
     accounts: Arc<Accounts>,
     metrics: Arc<Metrics>,
-    durable: watch::Sender<u64>,
-    failed: watch::Sender<Option<String>>,
-    sinks_wake: Arc<Notify>,
+    signals: Signals,
+    commit_window: Duration,
 ) {
+    let Signals {
+        durable,
+        failed,
+        sinks_wake,
+    } = signals;
+    // Worker batches one commit takes at most.
+    const MESSAGES: usize = 256;
     let mut messages = Vec::new();
     let mut pending = Vec::new();
     let mut total = 0u64;
-    while rx.recv_many(&mut messages, 64).await > 0 {
+    let mut last_commit: Option<Instant> = None;
+    while rx.recv_many(&mut messages, MESSAGES).await > 0 {
+        // Within the window of the last commit, gather what arrives until it closes.
+        if let Some(due) = last_commit.map(|t| t + commit_window) {
+            while messages.len() < MESSAGES {
+                let room = MESSAGES - messages.len();
+                let more = rx.recv_many(&mut messages, room);
+                match tokio::time::timeout_at(due.into(), more).await {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
+        }
+        if !commit_window.is_zero() {
+            last_commit = Some(Instant::now());
+        }
         pending.clear();
         for m in &mut messages {
             pending.append(&mut m.effects);

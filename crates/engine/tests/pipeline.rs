@@ -189,19 +189,22 @@ async fn a_broken_ruleset_is_refused_and_a_good_one_takes_over_between_events() 
     );
     assert!(metrics.contains("skywarden_ruleset_ok 0"), "{metrics}");
 
-    // A good one: requested while events keep flowing.
+    // A good one: requested while events keep flowing (half of them sent before the
+    // request, which the engine takes up between two events, half after).
     std::fs::write(rules_dir.join("r.toml"), rule("new", "beta", "new")).unwrap();
     let sender = tokio::spawn({
         let tx = tx.clone();
+        let slot = slot.clone();
         async move {
             for c in 401..=1400i64 {
+                if c == 901 {
+                    slot.request_reload();
+                }
                 let did = format!("did:plc:user{}", c % 7);
                 tx.send(post(c, &did, "alpha beta")).await.unwrap();
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    slot.request_reload();
     sender.await.unwrap();
     wait_for_effects(&store, 1400).await;
     drop(tx);
