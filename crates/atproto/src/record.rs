@@ -5,7 +5,7 @@
 //! or of the wrong shape: an unknown collection, an unknown field, or a field with an unexpected
 //! type never fails ingestion, it is just not there for the view.
 
-use crate::data::{DataError, Ipld, ipld_to_json};
+use crate::data::{DataError, Ipld};
 use crate::tree::{Tree, Value};
 
 /// A decoded record of any collection.
@@ -64,7 +64,7 @@ impl Record {
 
     /// The record as atproto JSON.
     pub fn to_json(&self) -> serde_json::Value {
-        ipld_to_json(&self.to_ipld())
+        serde_json::to_value(self.value()).expect("a tree always serializes")
     }
 
     fn fields(&self) -> Value<'_> {

@@ -440,6 +440,52 @@ impl<'a> Value<'a> {
     }
 }
 
+/// Serializes as atproto JSON, the same value [`crate::data::ipld_to_json`] gives for
+/// [`Value::to_ipld`] (links as `{"$link"}`, bytes as `{"$bytes"}`, integers outside `i64` as
+/// strings, non-finite floats as `null`), written straight from the tree without building it;
+/// map entries come in the tree's order.
+impl serde::Serialize for Value<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.kind() {
+            Kind::Null => serializer.serialize_unit(),
+            Kind::Bool(b) => serializer.serialize_bool(b),
+            Kind::Int(i) => match i64::try_from(i) {
+                Ok(i) => serializer.serialize_i64(i),
+                Err(_) => serializer.collect_str(&i),
+            },
+            Kind::Float(x) if x.is_finite() => serializer.serialize_f64(x),
+            Kind::Float(_) => serializer.serialize_unit(),
+            Kind::Str(s) => serializer.serialize_str(s),
+            Kind::Bytes(b) => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("$bytes", &crate::data::encode_base64(b))?;
+                map.end()
+            }
+            Kind::Link(_) => {
+                let cid = self.as_link().expect("links are checked when built");
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("$link", &cid.to_string())?;
+                map.end()
+            }
+            Kind::List(len) => {
+                let mut seq = serializer.serialize_seq(Some(len))?;
+                for item in self.items() {
+                    seq.serialize_element(&item)?;
+                }
+                seq.end()
+            }
+            Kind::Map(len) => {
+                let mut map = serializer.serialize_map(Some(len))?;
+                for (k, v) in self.entries() {
+                    map.serialize_entry(k, &v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
 impl fmt::Debug for Value<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.to_ipld().fmt(f)
@@ -627,6 +673,22 @@ mod tests {
         let bytes = encode_cbor(&value).unwrap();
         assert_eq!(Tree::from_cbor(&bytes).unwrap().to_ipld(), value);
         assert_eq!(Tree::from_ipld(&value).to_ipld(), value);
+    }
+
+    #[test]
+    fn serializes_as_the_atproto_json_of_its_value() {
+        let value = sample();
+        let bytes = encode_cbor(&value).unwrap();
+        let tree = Tree::from_cbor(&bytes).unwrap();
+        let expected = crate::data::ipld_to_json(&value);
+        assert_eq!(serde_json::to_value(tree.root()).unwrap(), expected);
+        let text = serde_json::to_string(&tree.root()).unwrap();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            expected
+        );
+        assert!(text.contains(r#""raw":{"$bytes":"AQID"}"#), "{text}");
+        assert!(text.contains(r#""big":"-18446744073709551616""#), "{text}");
     }
 
     #[test]

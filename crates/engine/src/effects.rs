@@ -51,11 +51,17 @@ impl PendingEffect {
     /// The logged `action` JSON: the action with its explanation, and the event it came from
     /// (with the record as the rule saw it).
     pub fn action_json(&self) -> String {
-        let mut json = self.action.to_json();
-        if let Some(o) = json.as_object_mut() {
-            o.insert("event".into(), event_ref(&self.event, self.unit));
+        #[derive(serde::Serialize)]
+        struct Logged<'a> {
+            #[serde(flatten)]
+            action: serde_json::Value,
+            event: EventRef<'a>,
         }
-        json.to_string()
+        let logged = Logged {
+            action: self.action.to_json(),
+            event: event_ref(&self.event, self.unit),
+        };
+        serde_json::to_string(&logged).expect("an action always serializes")
     }
 }
 
@@ -160,25 +166,46 @@ pub fn pending(
     }
 }
 
-fn event_ref(event: &Event, unit: usize) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "did": event.did,
-        "cursor": event.cursor,
-        "time": event.time,
-        "kind": event.body.kind(),
-    });
+/// The event an effect came from, as logged with it.
+#[derive(serde::Serialize)]
+struct EventRef<'a> {
+    did: &'a str,
+    cursor: i64,
+    time: &'a str,
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uri: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cid: Option<String>,
+    /// The record as the rule saw it: evidence for moderators, even once it is deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<skywarden_atproto::tree::Value<'a>>,
+}
+
+fn event_ref(event: &Event, unit: usize) -> EventRef<'_> {
+    let mut r = EventRef {
+        did: &event.did,
+        cursor: event.cursor,
+        time: &event.time,
+        kind: event.body.kind(),
+        uri: None,
+        action: None,
+        cid: None,
+        record: None,
+    };
     if let EventBody::Commit(c) = &event.body
         && let Some(op) = c.ops.get(unit)
     {
-        v["uri"] = op.uri(&event.did).into();
-        v["action"] = op.action.as_str().into();
-        // The record as the rule saw it: evidence for moderators, even once it is deleted.
+        r.uri = Some(op.uri(&event.did));
+        r.action = Some(op.action.as_str());
         if let (Some(cid), Some(record)) = (&op.cid, &op.record) {
-            v["cid"] = cid.to_string().into();
-            v["record"] = record.to_json();
+            r.cid = Some(cid.to_string());
+            r.record = Some(record.value());
         }
     }
-    v
+    r
 }
 
 /// Daily quotas per verb (`label`, `takedown`, ...): live effects beyond them are logged as

@@ -133,8 +133,8 @@ pub struct AutomatedEvent {
     pub subject: SubjectRef,
     /// The event object (`$type` included).
     pub event: Value,
-    /// `modTool`.
-    pub mod_tool: Value,
+    /// `modTool`, as JSON.
+    pub mod_tool: String,
     /// De-duplicates re-runs (the effect's idempotency key).
     pub external_id: String,
     /// The record the event is about, as seen (kept for `getRecord`).
@@ -447,7 +447,7 @@ impl Moderation {
         parsed: &Parsed,
         created_by: &str,
         created_at: &str,
-        mod_tool: Option<&Value>,
+        mod_tool: Option<String>,
         external_id: Option<&str>,
         blob_cids: &[String],
     ) -> NewModEvent {
@@ -459,7 +459,7 @@ impl Moderation {
             blob_cids: blob_cids.to_vec(),
             created_by: created_by.to_string(),
             created_at: created_at.to_string(),
-            mod_tool: mod_tool.map(Value::to_string),
+            mod_tool,
             external_id: external_id.map(str::to_string),
             comment: parsed.comment.clone(),
             report_type: parsed.report_type.clone(),
@@ -491,7 +491,7 @@ impl Moderation {
             parsed,
             created_by,
             &created_at,
-            mod_tool,
+            mod_tool.map(Value::to_string),
             external_id,
             blob_cids,
         );
@@ -548,7 +548,7 @@ impl Moderation {
                     &parsed,
                     created_by,
                     &created_at,
-                    Some(&e.mod_tool),
+                    Some(e.mod_tool.clone()),
                     Some(&e.external_id),
                     &[],
                 );

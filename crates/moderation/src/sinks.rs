@@ -16,6 +16,7 @@ use crate::event::Kind;
 use crate::metrics::ModerationMetrics;
 use crate::service::{AutomatedEvent, Moderation};
 use base64::Engine;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use skywarden_atproto::label::Label;
 use skywarden_labeler::hub::LabelHub;
@@ -24,6 +25,9 @@ use skywarden_store::moderation::{
     EventSelection, ModEventRow, ModStore, RecordSnapshot, SubjectRef, ToolSelection,
 };
 use skywarden_store::{EffectRow, Store};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -42,34 +46,103 @@ pub const ENGINE_PASS: u32 = 1000;
 /// files several writer commits' worth at once, at that much latency to the queue.
 pub const ENGINE_LINGER: Duration = Duration::from_millis(250);
 
+/// The parts of an effect's logged `action` JSON the engine sink reads, borrowed from it.
+#[derive(serde::Deserialize)]
+struct LoggedEffect<'a> {
+    #[serde(default)]
+    action: LoggedVerb<'a>,
+    #[serde(borrow, default)]
+    explanation: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    subject: LoggedSubject<'a>,
+    /// The event, field by field: read for the record snapshot, and copied into
+    /// `modTool.meta` (without the record when the snapshot keeps it).
+    #[serde(borrow, default)]
+    event: Option<BTreeMap<Cow<'a, str>, &'a RawValue>>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct LoggedVerb<'a> {
+    #[serde(borrow, default)]
+    comment: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    report: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tag: Option<Vec<Value>>,
+    #[serde(borrow, default)]
+    flag: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    label: Option<Cow<'a, str>>,
+    #[serde(default)]
+    expires_in_seconds: Option<i64>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct LoggedSubject<'a> {
+    #[serde(borrow, default)]
+    did: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    uri: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    cid: Option<Cow<'a, str>>,
+}
+
+/// `modTool` of an engine event (fields in the order they have always been written).
+#[derive(serde::Serialize)]
+struct EngineTool<'a> {
+    meta: EngineMeta<'a>,
+    name: &'static str,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EngineMeta<'a> {
+    effect_id: i64,
+    event: Option<BTreeMap<&'a str, &'a RawValue>>,
+    explanation: Option<&'a RawValue>,
+    idempotency_key: &'a str,
+    rule: &'a str,
+    ruleset_version: &'a str,
+}
+
+/// A string field of the logged event, if it is one.
+fn event_str<'a>(event: &'a BTreeMap<Cow<'_, str>, &RawValue>, key: &str) -> Option<Cow<'a, str>> {
+    serde_json::from_str(event.get(key)?.get()).ok()
+}
+
 /// The moderation event an applied effect asks for, if any (`Err`: why it cannot be one).
 pub fn event_for_effect(row: &EffectRow) -> Result<Option<AutomatedEvent>, &'static str> {
     let e = &row.effect;
     if e.outcome != "applied" {
         return Ok(None);
     }
-    let action: Value = serde_json::from_str(&e.action).map_err(|_| "malformed_effect")?;
-    let a = &action["action"];
-    let comment = a["comment"].as_str().unwrap_or("");
+    let logged: LoggedEffect<'_> =
+        serde_json::from_str(&e.action).map_err(|_| "malformed_effect")?;
+    let a = &logged.action;
+    let comment = a.comment.as_deref().unwrap_or("");
     let mut note = String::new();
     if !comment.is_empty() {
         note.push_str(comment);
         note.push_str("\n\n");
     }
-    note.push_str(&format!(
+    let _ = write!(
+        note,
         "rule `{}` (ruleset {})",
         e.rule,
         short(&e.ruleset_version)
-    ));
-    if let Some(x) = action["explanation"].as_object() {
-        for (k, v) in x {
-            note.push_str(&format!("\n{k}: {}", v.as_str().unwrap_or_default()));
+    );
+    if let Some(raw) = logged.explanation {
+        // Values the rule saw, rendered as strings; anything else reads as empty.
+        let x: BTreeMap<Cow<'_, str>, Value> = serde_json::from_str(raw.get()).unwrap_or_default();
+        for (k, v) in &x {
+            let _ = write!(note, "\n{k}: {}", v.as_str().unwrap_or_default());
         }
     }
     let defs = |name: &str| format!("{}{name}", crate::event::DEFS);
     let event = match e.verb.as_str() {
         "report" => {
-            let reason = a["report"].as_str().unwrap_or("");
+            let reason = a.report.as_deref().unwrap_or("");
             let reason = if crate::event::valid_reason_type(reason) {
                 reason.to_string()
             } else {
@@ -82,30 +155,30 @@ pub fn event_for_effect(row: &EffectRow) -> Result<Option<AutomatedEvent>, &'sta
         "acknowledge" => json!({"$type": defs("modEventAcknowledge"), "comment": note}),
         "comment" => json!({"$type": defs("modEventComment"), "comment": note}),
         "tag" => {
-            let tags: Vec<Value> = a["tag"].as_array().cloned().unwrap_or_default();
+            let tags: Vec<Value> = a.tag.clone().unwrap_or_default();
             json!({"$type": defs("modEventTag"), "add": tags, "remove": [], "comment": note})
         }
         "flag" => {
-            let flag = a["flag"].as_str().ok_or("malformed_effect")?;
+            let flag = a.flag.as_deref().ok_or("malformed_effect")?;
             json!({"$type": defs("modEventTag"), "add": [format!("flag:{flag}")], "remove": [], "comment": note})
         }
         "label" | "negate_label" => {
-            let value = a["label"].as_str().ok_or("malformed_effect")?;
+            let value = a.label.as_deref().ok_or("malformed_effect")?;
             let (create, negate) = if e.verb == "label" {
                 (vec![value], vec![])
             } else {
                 (vec![], vec![value])
             };
             let mut ev = json!({"$type": defs("modEventLabel"), "createLabelVals": create, "negateLabelVals": negate, "comment": note});
-            if let Some(secs) = a["expiresInSeconds"].as_i64() {
+            if let Some(secs) = a.expires_in_seconds {
                 ev["durationInHours"] = ((secs + 3599) / 3600).into();
             }
             ev
         }
         _ => return Ok(None),
     };
-    let subject = if let Some(uri) = action["subject"]["uri"].as_str() {
-        let Some(cid) = action["subject"]["cid"].as_str() else {
+    let subject = if let Some(uri) = &logged.subject.uri {
+        let Some(cid) = &logged.subject.cid else {
             // A record subject without a version (a delete) cannot be a strongRef.
             return Err("record_without_cid");
         };
@@ -116,44 +189,45 @@ pub fn event_for_effect(row: &EffectRow) -> Result<Option<AutomatedEvent>, &'sta
         }
     } else {
         SubjectRef {
-            did: action["subject"]["did"]
-                .as_str()
-                .unwrap_or(&e.did)
-                .to_string(),
+            did: logged.subject.did.as_deref().unwrap_or(&e.did).to_string(),
             uri: None,
             cid: None,
         }
     };
-    let ev = &action["event"];
-    let record = match (&subject.uri, ev["uri"].as_str(), ev["cid"].as_str()) {
-        (Some(uri), Some(seen), Some(cid)) if uri == seen && !ev["record"].is_null() => {
-            Some(RecordSnapshot {
-                uri: uri.clone(),
-                cid: cid.to_string(),
-                value: ev["record"].to_string(),
-                indexed_at: ev["time"]
-                    .as_str()
-                    .and_then(|t| crate::normalise_datetime("time", t).ok())
-                    .unwrap_or_else(|| crate::datetime_ms(row.logged_at)),
-            })
-        }
-        _ => None,
+    let record = logged.event.as_ref().and_then(|ev| {
+        let seen = event_str(ev, "uri")?;
+        let cid = event_str(ev, "cid")?;
+        let value = ev.get("record").filter(|r| r.get() != "null")?;
+        (subject.uri.as_deref() == Some(&*seen)).then(|| RecordSnapshot {
+            uri: seen.to_string(),
+            cid: cid.to_string(),
+            value: value.get().to_string(),
+            indexed_at: event_str(ev, "time")
+                .and_then(|t| crate::normalise_datetime("time", &t).ok())
+                .unwrap_or_else(|| crate::datetime_ms(row.logged_at)),
+        })
+    });
+    let tool = EngineTool {
+        meta: EngineMeta {
+            effect_id: row.id,
+            event: logged.event.as_ref().map(|ev| {
+                ev.iter()
+                    .filter(|(k, _)| record.is_none() || *k != "record")
+                    .map(|(k, v)| (k.as_ref(), *v))
+                    .collect()
+            }),
+            explanation: logged.explanation,
+            idempotency_key: &e.idempotency_key,
+            rule: &e.rule,
+            ruleset_version: &e.ruleset_version,
+        },
+        name: ENGINE_TOOL,
     };
     Ok(Some(AutomatedEvent {
         record,
         subject,
         event,
-        mod_tool: json!({
-            "name": ENGINE_TOOL,
-            "meta": {
-                "rule": e.rule,
-                "rulesetVersion": e.ruleset_version,
-                "effectId": row.id,
-                "idempotencyKey": e.idempotency_key,
-                "explanation": action["explanation"],
-                "event": action["event"],
-            }
-        }),
+        mod_tool: serde_json::to_string(&tool).map_err(|_| "malformed_effect")?,
         external_id: format!("effect:{}", e.idempotency_key),
     }))
 }

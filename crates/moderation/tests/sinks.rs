@@ -87,7 +87,8 @@ async fn engine_effects_become_explained_events_once() {
             "k1",
             "report",
             "applied",
-            json!({"action": {"report": "com.atproto.moderation.defs#reasonSpam", "comment": "seven copies"}, "subject": {"did": "did:plc:spammer"}, "explanation": explanation}),
+            json!({"action": {"report": "com.atproto.moderation.defs#reasonSpam", "comment": "seven copies"}, "subject": {"did": "did:plc:spammer"}, "explanation": explanation,
+            "event": {"uri": post, "cid": cid, "time": "2026-09-01T00:00:00Z", "record": {"$type": "app.bsky.feed.post", "text": "copy seven"}}}),
             "did:plc:spammer",
         ),
         effect(
@@ -162,9 +163,17 @@ async fn engine_effects_become_explained_events_once() {
     let tool: Value = serde_json::from_str(events[0].event.mod_tool.as_deref().unwrap()).unwrap();
     assert_eq!(tool["name"], "skywarden/rules");
     assert_eq!(tool["meta"]["rule"], "copy-paste");
+    // An account subject has no record snapshot: the record the rule saw stays in the meta.
+    assert_eq!(tool["meta"]["event"]["record"]["text"], "copy seven");
     assert_eq!(events[1].event.added_tags, ["flag:copy-paste"]);
     let label: Value = serde_json::from_str(&events[2].event.event_json).unwrap();
     assert_eq!(label["durationInHours"], 2);
+    // For a record subject, the record is the subject's snapshot, not repeated in the meta.
+    let tool: Value = serde_json::from_str(events[2].event.mod_tool.as_deref().unwrap()).unwrap();
+    assert_eq!(tool["meta"]["event"]["uri"], post);
+    assert_eq!(tool["meta"]["event"]["time"], "2026-09-01T00:00:00Z");
+    assert!(tool["meta"]["event"].get("record").is_none(), "{tool}");
+    assert_eq!(tool["meta"]["idempotencyKey"], "k3");
     // The labelled record was kept as evidence.
     let snapshot = mod_store.record(post).await.unwrap().unwrap();
     assert_eq!(snapshot.cid, cid);
