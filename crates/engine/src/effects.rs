@@ -111,13 +111,94 @@ pub fn subject_string(subject: &Subject) -> &str {
     }
 }
 
+/// States a subject never leaves once in them: flags, tags, reports and takedowns (only
+/// labels are ever cleared, by a negating label). The writer records here the states it
+/// commits or finds in the store, and workers drop an action whose every state the subject is
+/// already in before it becomes a pending effect: the writer would only de-duplicate it, after
+/// a key, a log lookup and a state lookup. Entries are 128-bit hashes of `(mode, subject,
+/// kind, value)`; at [`SettledStates::CAPACITY`] the set starts over, since it is only a
+/// shortcut (the writer still de-duplicates whatever reaches it).
+#[derive(Default)]
+pub struct SettledStates {
+    known: std::sync::RwLock<HashSet<u128>>,
+}
+
+impl SettledStates {
+    /// Entries kept before the set starts over (about 16 bytes each, plus the table).
+    pub const CAPACITY: usize = 1 << 20;
+
+    /// Whether the subject of `action` is already in every state the action asks for (false
+    /// for actions that change no state, and for labels).
+    pub fn covers(&self, action: &Action) -> bool {
+        let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+        let mut any = false;
+        let all = settled_keys(action, |key| {
+            any = true;
+            known.contains(&key)
+        });
+        any && all
+    }
+
+    /// Records that the subject of `action` is in every state the action asks for.
+    fn insert(&self, action: &Action) {
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= Self::CAPACITY {
+            known.clear();
+        }
+        settled_keys(action, |key| {
+            known.insert(key);
+            true
+        });
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.known.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Calls `f` with the key of each settled state `action` asks for, while `f` returns true;
+/// returns whether every call did. Labels (which can be cleared) give no keys.
+fn settled_keys(action: &Action, mut f: impl FnMut(u128) -> bool) -> bool {
+    let mode = action.mode.as_str();
+    let subject = subject_string(&action.subject);
+    let mut key = |kind: &str, value: &str| {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for part in [mode, subject, kind, value] {
+            h.update(part.as_bytes());
+            h.update(&[0]);
+        }
+        f(h.digest128())
+    };
+    match &action.verb {
+        Verb::Tag { tags } => tags.iter().all(|t| key("tag", t)),
+        Verb::Flag { value } => key("flag", value),
+        Verb::Report { reason, .. } => key("report", reason),
+        Verb::Takedown { .. } => key("takedown", ""),
+        Verb::Label { .. }
+        | Verb::Escalate { .. }
+        | Verb::Acknowledge { .. }
+        | Verb::Comment { .. }
+        | Verb::Notify { .. } => true,
+    }
+}
+
 /// Pending effects for the firings of one unit (`unit` is the op index, 0 for non-commits).
-/// The firings' actions move into the pending effects; `firings` is left empty.
+/// The firings' actions move into the pending effects; `firings` is left empty. An action
+/// whose states the subject is known to be in already ([`SettledStates::covers`]) is counted
+/// as `deduplicated` here and goes no further.
 pub fn pending(
     event: &Arc<Event>,
     unit: usize,
     now: i64,
     firings: &mut Vec<Firing>,
+    settled: &SettledStates,
+    metrics: &Metrics,
     out: &mut Vec<PendingEffect>,
 ) {
     if firings.is_empty() {
@@ -128,6 +209,10 @@ pub fn pending(
     let mut position = String::new();
     for firing in firings.drain(..) {
         for (i, action) in firing.actions.into_iter().enumerate() {
+            if settled.covers(&action) {
+                metrics.action(action.verb.name(), Outcome::Deduplicated.as_str());
+                continue;
+            }
             position.clear();
             // Infallible: writing to a String.
             let _ = write!(position, "{i}");
@@ -216,6 +301,7 @@ pub type Quotas = BTreeMap<String, i64>;
 pub struct EffectWriter {
     store: Store,
     quotas: Quotas,
+    settled: Arc<SettledStates>,
 }
 
 const DAY_MICROS: i64 = 86_400_000_000;
@@ -223,7 +309,16 @@ const DAY_MICROS: i64 = 86_400_000_000;
 impl EffectWriter {
     /// A writer over `store` with `quotas`.
     pub fn new(store: Store, quotas: Quotas) -> Self {
-        EffectWriter { store, quotas }
+        EffectWriter {
+            store,
+            quotas,
+            settled: Arc::default(),
+        }
+    }
+
+    /// The states this writer has seen subjects settle into, for the workers' [`pending`].
+    pub fn settled(&self) -> Arc<SettledStates> {
+        self.settled.clone()
     }
 
     /// Commits a batch of pending effects in one transaction, returning each one's outcome
@@ -343,6 +438,12 @@ impl EffectWriter {
         tx.commit().await?;
         for (p, outcome) in batch.iter().zip(&outcomes) {
             metrics.action(p.action.verb.name(), outcome.as_str());
+            if matches!(
+                outcome,
+                Outcome::Applied | Outcome::Shadow | Outcome::Deduplicated
+            ) {
+                self.settled.insert(&p.action);
+            }
             if *outcome == Outcome::OverQuota {
                 tracing::warn!(verb = p.action.verb.name(), rule = %p.action.rule, "daily quota reached: effect logged as over_quota, not applied");
             }
@@ -513,11 +614,13 @@ mod tests {
                 .map(|_| effect("", "did:plc:a", flag(), Mode::Live).action)
                 .collect(),
         };
+        let (settled, metrics) = (SettledStates::default(), Metrics::new(1));
         let mut out = Vec::new();
         let mut firings = vec![firing(2)];
-        pending(&event, 0, 1, &mut firings, &mut out);
+        pending(&event, 0, 1, &mut firings, &settled, &metrics, &mut out);
         assert!(firings.is_empty());
-        pending(&event, 12, 1, &mut vec![firing(1)], &mut out);
+        let mut more = vec![firing(1)];
+        pending(&event, 12, 1, &mut more, &settled, &metrics, &mut out);
         let keys: Vec<&str> = out
             .iter()
             .map(|p| p.effect.idempotency_key.as_str())
@@ -617,5 +720,59 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(outcomes, [Replayed, Deduplicated, OverQuota]);
+    }
+
+    /// What the writer commits or finds settles: later actions asking only for settled states
+    /// stop in `pending`. Labels never settle (a negation clears them), nor do over-quota
+    /// effects, shadow states cover only shadow actions, and a tag set is covered only whole.
+    #[tokio::test]
+    async fn settled_states_stop_actions_before_the_writer() {
+        let store = Store::open_in_memory().await.unwrap();
+        let writer = EffectWriter::new(store, Quotas::from([("report".to_string(), 1)]));
+        let (accounts, metrics) = (Accounts::new(1), Metrics::new(1));
+        let settled = writer.settled();
+        let tag = |tags: &[&str]| Verb::Tag {
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        };
+        let report = |reason: &str| Verb::Report {
+            reason: reason.into(),
+            comment: String::new(),
+        };
+        let batch = [
+            effect("k1", "did:a", flag(), Mode::Live),
+            effect("k2", "did:a", label("spam", false), Mode::Live),
+            effect("k3", "did:a", tag(&["x"]), Mode::Shadow),
+            effect("k4", "did:a", report("r1"), Mode::Live),
+            // Over the daily quota of one report: not a state the subject is in.
+            effect("k5", "did:b", report("r1"), Mode::Live),
+        ];
+        writer.commit(&batch, &accounts, &metrics, 1).await.unwrap();
+        let covers = |verb: Verb, mode: Mode, subject: &str| {
+            settled.covers(&effect("k", subject, verb, mode).action)
+        };
+        assert!(covers(flag(), Mode::Live, "did:a"));
+        assert!(!covers(flag(), Mode::Shadow, "did:a"));
+        assert!(!covers(flag(), Mode::Live, "did:b"));
+        assert!(!covers(label("spam", false), Mode::Live, "did:a"));
+        assert!(covers(tag(&["x"]), Mode::Shadow, "did:a"));
+        assert!(!covers(tag(&["x", "y"]), Mode::Shadow, "did:a"));
+        assert!(covers(report("r1"), Mode::Live, "did:a"));
+        assert!(!covers(report("r1"), Mode::Live, "did:b"));
+        assert!(!covers(report("r2"), Mode::Live, "did:a"));
+
+        // In `pending`, the covered flag goes no further; the label does.
+        let event = effect("k", "did:a", flag(), Mode::Live).event;
+        let action = |verb: Verb| effect("k", "did:a", verb, Mode::Live).action;
+        let mut firings = vec![Firing {
+            rule: 0,
+            rule_name: "r".into(),
+            mode: Mode::Live,
+            explanation: Vec::new(),
+            actions: vec![action(flag()), action(label("spam", false))],
+        }];
+        let mut out = Vec::new();
+        pending(&event, 0, 1, &mut firings, &settled, &metrics, &mut out);
+        let verbs: Vec<&str> = out.iter().map(|p| p.action.verb.name()).collect();
+        assert_eq!(verbs, ["label"]);
     }
 }

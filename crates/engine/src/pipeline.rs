@@ -22,7 +22,7 @@
 //!   are evaluated again from the same state, and their effects, already logged or not, end up
 //!   logged exactly once (idempotency keys).
 
-use crate::effects::{self, EffectWriter, PendingEffect, Quotas};
+use crate::effects::{self, EffectWriter, PendingEffect, Quotas, SettledStates};
 use crate::identity::{IdentityResolver, Lookup};
 use crate::metrics::Metrics;
 use crate::rules::{Active, RulesSlot};
@@ -244,6 +244,8 @@ impl Engine {
             }
         });
         let mut events = std::pin::pin!(events);
+        let effect_writer = EffectWriter::new(self.store.clone(), self.config.quotas.clone());
+        let settled = effect_writer.settled();
         let (done_tx, done_rx) = mpsc::channel::<Done>(partitions * 4);
         let (durable_tx, mut durable_rx) = watch::channel(0u64);
         let (failed_tx, mut failed_rx) = watch::channel::<Option<String>>(None);
@@ -267,12 +269,13 @@ impl Engine {
                 self.metrics.clone(),
                 self.identity.clone(),
                 self.config.identity_budget,
+                settled.clone(),
             )));
         }
         drop(done_tx);
         let writer = tokio::spawn(writer(
             done_rx,
-            EffectWriter::new(self.store.clone(), self.config.quotas.clone()),
+            effect_writer,
             self.accounts.clone(),
             self.metrics.clone(),
             Signals {
@@ -498,6 +501,7 @@ async fn worker(
     metrics: Arc<Metrics>,
     identity: Option<IdentityResolver>,
     identity_budget: Duration,
+    settled: Arc<SettledStates>,
 ) {
     let mut evaluator = Evaluator::new();
     let mut firings: Vec<Firing> = Vec::new();
@@ -557,7 +561,15 @@ async fn worker(
                 for f in &firings {
                     hits[f.rule] += 1;
                 }
-                effects::pending(&event, unit, now, &mut firings, &mut out.effects);
+                effects::pending(
+                    &event,
+                    unit,
+                    now,
+                    &mut firings,
+                    &settled,
+                    &metrics,
+                    &mut out.effects,
+                );
             }
             metrics
                 .evaluation_seconds
