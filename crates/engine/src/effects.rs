@@ -555,7 +555,7 @@ mod tests {
             rule: "r".into(),
             ruleset_version: "v".into(),
             mode,
-            explanation: Vec::new(),
+            explanation: Default::default(),
         };
         PendingEffect {
             effect: NewEffect {
@@ -609,7 +609,7 @@ mod tests {
             rule: 0,
             rule_name: "spam-ring".into(),
             mode: Mode::Live,
-            explanation: Vec::new(),
+            explanation: Default::default(),
             actions: (0..actions)
                 .map(|_| effect("", "did:plc:a", flag(), Mode::Live).action)
                 .collect(),
@@ -767,7 +767,7 @@ mod tests {
             rule: 0,
             rule_name: "r".into(),
             mode: Mode::Live,
-            explanation: Vec::new(),
+            explanation: Default::default(),
             actions: vec![action(flag()), action(label("spam", false))],
         }];
         let mut out = Vec::new();

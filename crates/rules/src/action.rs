@@ -151,8 +151,12 @@ pub struct Action {
     /// `live` actions are carried out; `shadow` ones are only recorded.
     pub mode: Mode,
     /// The values the rule's condition read when it fired: `(expression, value)`.
-    pub explanation: Vec<(String, String)>,
+    pub explanation: Explanation,
 }
+
+/// `(expression, value)` for every field and counter a rule's condition read when it fired,
+/// shared by the firing and each of its actions.
+pub type Explanation = std::sync::Arc<[(String, String)]>;
 
 /// Report reason types rules may use: `com.atproto.moderation.defs` and
 /// `tools.ozone.report.defs` known values. Short names (`spam`, `violation`, `misleading`,

@@ -2,7 +2,7 @@
 //! the actions of those that fire.
 
 use crate::Mode;
-use crate::action::{Action, Subject as ActionSubject};
+use crate::action::{Action, Explanation, Subject as ActionSubject};
 use crate::counter::CounterStore;
 use crate::eval::{Cx, key_hash, value_hash};
 use crate::frame::{Frame, Scratch};
@@ -20,7 +20,7 @@ pub struct Firing {
     /// The rule's mode.
     pub mode: Mode,
     /// `(expression, value)` for every field and counter the condition reads.
-    pub explanation: Vec<(String, String)>,
+    pub explanation: Explanation,
     /// The bound actions.
     pub actions: Vec<Action>,
 }
@@ -186,11 +186,20 @@ fn bind<'a>(ruleset: &'a Ruleset, index: usize, cx: &Cx<'_, 'a>) -> Firing {
             explanation.push((source.clone(), cx.eval(node).to_string()));
         }
     }
-    let did = input.event.did.clone();
-    let record_subject = input.op.map(|op| ActionSubject::Record {
-        uri: op.uri(&did),
-        cid: op.cid.map(|c| c.to_string()),
-    });
+    let explanation = Explanation::from(explanation);
+    let did = &input.event.did;
+    // Built only when an action is on the record.
+    let record_subject = input
+        .op
+        .filter(|_| {
+            rule.actions
+                .iter()
+                .any(|a| matches!(a.target, TargetKind::Record))
+        })
+        .map(|op| ActionSubject::Record {
+            uri: op.uri(did),
+            cid: op.cid.map(|c| c.to_string()),
+        });
     let actions = rule
         .actions
         .iter()

@@ -250,7 +250,7 @@ target = "account"
     assert_eq!(action.rule, "third-reply");
     assert!(action.ruleset_version.starts_with("sha256:"));
     assert_eq!(
-        f[0].explanation,
+        *f[0].explanation,
         [("counters.replies.hour".to_string(), "3".to_string())]
     );
     // Another account has its own key.
@@ -530,7 +530,7 @@ flag = "x"
     );
     assert_eq!(names(&f), ["whtwnd-entry"]);
     assert_eq!(
-        f[0].explanation,
+        *f[0].explanation,
         [
             (
                 "record.get(\"title\")".to_string(),
