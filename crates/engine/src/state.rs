@@ -231,7 +231,7 @@ impl Accounts {
     /// was *before* the event (`first_event` is set on the account's first event, counts do not
     /// include this event). One lookup of the author per event.
     pub fn observe(&self, event: &Event, now: i64) -> Account {
-        let mut follow_changes: Vec<(String, i64)> = Vec::new();
+        let mut follow_changes: Vec<(&str, i64)> = Vec::new();
         let before;
         {
             let mut shard = lock(self.shard(&event.did));
@@ -274,7 +274,7 @@ impl Accounts {
                                     && let Some(target) =
                                         op.record.as_ref().and_then(|r| r.subject())
                                 {
-                                    follow_changes.push((target.to_string(), 1));
+                                    follow_changes.push((target, 1));
                                 }
                             }
                             "app.bsky.actor.profile" if op.action != OpAction::Delete => {
@@ -289,11 +289,16 @@ impl Accounts {
             }
         }
         for (target, delta) in follow_changes {
-            let mut shard = lock(self.shard(&target));
-            let state = shard.entry(target).or_insert_with(|| AccountState {
-                first_seen: now,
-                ..AccountState::default()
-            });
+            let mut shard = lock(self.shard(target));
+            let state = match shard.get_mut(target) {
+                Some(state) => state,
+                None => shard
+                    .entry(target.to_string())
+                    .or_insert_with(|| AccountState {
+                        first_seen: now,
+                        ..AccountState::default()
+                    }),
+            };
             state.followers = (state.followers + delta).max(0);
         }
         before
