@@ -150,16 +150,6 @@ impl SettledStates {
             true
         });
     }
-
-    /// Entries held.
-    pub fn len(&self) -> usize {
-        self.known.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// Whether no entry is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Calls `f` with the key of each settled state `action` asks for, while `f` returns true;
