@@ -13,6 +13,7 @@
 //! The reader also accepts the plain `[u32le length][frame]` recordings that other tools write.
 
 use crate::{Format, RawFrame};
+use bytes::Bytes;
 use skywarden_atproto::car::{read_varint, write_varint};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -239,12 +240,14 @@ pub struct ArchiveReader {
     format: Format,
     raw: bool,
     offset: u64,
-    chunk: Vec<u8>,
+    /// The decompressed chunk. Frames are slices of it, not copies; its buffer is reused for
+    /// the next chunk when no frame of this one is still held.
+    chunk: Bytes,
     chunk_pos: usize,
     chunk_base: i64,
     compressed: Vec<u8>,
-    /// Kept across chunks with `chunk`: a fresh context and buffer per chunk cost more than
-    /// the decompression itself (page faults on every new allocation).
+    /// Kept across chunks with `chunk`'s buffer: a fresh context and buffer per chunk cost
+    /// more than the decompression itself (page faults on every new allocation).
     decompressor: Option<zstd::bulk::Decompressor<'static>>,
 }
 
@@ -290,7 +293,7 @@ impl ArchiveReader {
             format,
             raw,
             offset,
-            chunk: Vec::new(),
+            chunk: Bytes::new(),
             chunk_pos: 0,
             chunk_base: 0,
             compressed: Vec::new(),
@@ -330,8 +333,9 @@ impl ArchiveReader {
             .checked_add(len as usize)
             .filter(|&e| e <= rest.len())
             .ok_or_else(|| bad(self))?;
+        let at = self.chunk_pos;
         let frame = RawFrame {
-            bytes: rest[start..end].to_vec().into(),
+            bytes: self.chunk.slice(at + start..at + end),
             received_micros: self.chunk_base.saturating_add(delta as i64),
         };
         self.chunk_pos += end;
@@ -366,8 +370,16 @@ impl ArchiveReader {
         if n < compressed_len {
             return Err(self.corrupt(self.offset, "torn chunk at end of file"));
         }
-        self.chunk.clear();
-        self.chunk.reserve(raw_len);
+        // The previous chunk's buffer, unless a frame of it is still held (then a new one).
+        let mut buffer = match std::mem::take(&mut self.chunk).try_into_mut() {
+            Ok(mut unique) => {
+                // Emptied first: turning it into a `Vec` then moves no bytes.
+                unique.clear();
+                Vec::from(unique)
+            }
+            Err(_) => Vec::new(),
+        };
+        buffer.reserve(raw_len);
         let decoder = match &mut self.decompressor {
             Some(d) => d,
             empty => empty.insert(zstd::bulk::Decompressor::new().map_err(|source| {
@@ -378,8 +390,9 @@ impl ArchiveReader {
             })?),
         };
         let n = decoder
-            .decompress_to_buffer(&self.compressed, &mut self.chunk)
+            .decompress_to_buffer(&self.compressed, &mut buffer)
             .map_err(|e| self.corrupt(self.offset, format!("chunk does not decompress: {e}")))?;
+        self.chunk = Bytes::from(buffer);
         if n != raw_len {
             return Err(self.corrupt(self.offset, "chunk size differs from its header"));
         }
@@ -464,6 +477,38 @@ mod tests {
             out.push(f);
         }
         Ok(out)
+    }
+
+    /// Frames are slices of the chunk buffer: one dropped before the next chunk loads lets
+    /// the buffer be reused, one still held keeps its bytes (the next chunk gets a new one).
+    #[test]
+    fn frames_outlive_their_chunk_and_buffers_are_reused() {
+        let dir = std::env::temp_dir().join(format!("skw-archive-reuse-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.skwa");
+        let all = frames(2000);
+        let mut w = ArchiveWriter::create(&path, Format::Firehose)
+            .unwrap()
+            .chunk_bytes(4 * 1024);
+        for f in &all {
+            w.write(f).unwrap();
+        }
+        w.finish().unwrap();
+        let mut r = ArchiveReader::open(&path).unwrap();
+        let mut held = Vec::new();
+        for (i, expected) in all.iter().enumerate() {
+            let f = r.next_frame().unwrap().expect("a frame");
+            assert_eq!(&f, expected, "frame {i}");
+            // Every 97th frame is kept across later chunks; the rest are dropped at once.
+            if i % 97 == 0 {
+                held.push((i, f));
+            }
+        }
+        assert!(r.next_frame().unwrap().is_none());
+        for (i, f) in &held {
+            assert_eq!(f, &all[*i], "held frame {i}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
