@@ -155,7 +155,7 @@ impl Record {
 pub struct Post<'a>(Value<'a>);
 
 /// A link from a reply to its parent and thread root.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplyRef<'a> {
     /// AT-URI of the thread root.
     pub root: Option<&'a str>,

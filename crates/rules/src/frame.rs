@@ -9,7 +9,7 @@ use crate::value::Val;
 use bumpalo::Bump;
 use bumpalo::collections::Vec as BumpVec;
 use skywarden_atproto::event::EventBody;
-use skywarden_atproto::record::{Embed, FacetFeature, Post, Record};
+use skywarden_atproto::record::{Embed, FacetFeature, Post, Record, ReplyRef};
 use skywarden_atproto::syntax::Datetime;
 use std::cell::{Cell, OnceCell, RefCell};
 
@@ -38,6 +38,10 @@ pub struct Frame<'a> {
     facet_links: OnceCell<&'a [&'a str]>,
     misleading: OnceCell<bool>,
     text_length: OnceCell<i64>,
+    simhash: OnceCell<u64>,
+    simhash_bands: OnceCell<&'a [&'a str]>,
+    fingerprint: OnceCell<u64>,
+    reply: OnceCell<Option<ReplyRef<'a>>>,
     /// Keyword matches per matched string: (address, length, whole-word hits, substring hits).
     keyword_cache: RefCell<BumpVec<'a, (usize, usize, u128, u128)>>,
     /// Regex matches per matched string: (address, length, matching pattern bitset).
@@ -89,6 +93,10 @@ impl<'a> Frame<'a> {
             facet_links: OnceCell::new(),
             misleading: OnceCell::new(),
             text_length: OnceCell::new(),
+            simhash: OnceCell::new(),
+            simhash_bands: OnceCell::new(),
+            fingerprint: OnceCell::new(),
+            reply: OnceCell::new(),
             keyword_cache: RefCell::new(BumpVec::new_in(bump)),
             regex_cache: RefCell::new(BumpVec::new_in(bump)),
             buf: &scratch.buf,
@@ -112,6 +120,13 @@ impl<'a> Frame<'a> {
     /// The post view, if the record is a post.
     pub fn post(&self) -> Option<Post<'a>> {
         self.record_in("app.bsky.feed.post").map(Record::as_post)
+    }
+
+    /// The post's reply reference, if the record is a post that replies.
+    pub fn reply(&self) -> Option<ReplyRef<'a>> {
+        *self
+            .reply
+            .get_or_init(|| self.post().and_then(|p| p.reply()))
     }
 
     /// The event's own time, parsed.
@@ -183,6 +198,37 @@ impl<'a> Frame<'a> {
     /// `text.normalized`.
     pub fn normalized(&self) -> &'a str {
         self.normalized.get_or_init(|| self.normalize(self.text()))
+    }
+
+    /// `text.simhash`: the [`simhash`](crate::text::simhash) of the normalised text, computed
+    /// once per unit however many rules, counters and explanations read it.
+    pub fn simhash(&self) -> u64 {
+        *self
+            .simhash
+            .get_or_init(|| text::simhash(self.normalized()))
+    }
+
+    /// `text.simhash_bands`: the SimHash cut into four 16-bit bands (`0:1a2b`, ...); empty when
+    /// the text has no tokens.
+    pub fn simhash_bands(&self) -> &'a [&'a str] {
+        self.simhash_bands.get_or_init(|| {
+            let h = self.simhash();
+            if h == 0 {
+                return &[];
+            }
+            self.list((0..4u32).map(|band| {
+                let bits = (h >> (band * 16)) & 0xffff;
+                bumpalo::format!(in self.bump, "{}:{:04x}", band, bits).into_bump_str() as &str
+            }))
+        })
+    }
+
+    /// `text.fingerprint`: the [`fingerprint`](crate::text::fingerprint) of the normalised
+    /// text, computed once per unit.
+    pub fn fingerprint(&self) -> u64 {
+        *self
+            .fingerprint
+            .get_or_init(|| text::fingerprint(self.normalized()))
     }
 
     /// `text.tokens`.

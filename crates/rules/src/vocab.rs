@@ -97,7 +97,7 @@ fn subject_did<'a>(f: &Frame<'a>, nsid: &str) -> Val<'a> {
 }
 
 fn reply<'a>(f: &Frame<'a>) -> Option<skywarden_atproto::record::ReplyRef<'a>> {
-    f.post().and_then(|p| p.reply())
+    f.reply()
 }
 
 fn embed<'a>(f: &Frame<'a>) -> Option<Embed<'a>> {
@@ -110,7 +110,7 @@ fn age<'a>(f: &Frame<'a>, since: Option<i64>) -> Val<'a> {
 
 fn interacts_with<'a>(f: &Frame<'a>) -> &'a [&'a str] {
     let Some(post) = f.post() else { return &[] };
-    let reply = post.reply();
+    let reply = f.reply();
     let parents = reply
         .iter()
         .flat_map(|r| [r.parent, r.root])
@@ -127,17 +127,6 @@ fn interacts_with<'a>(f: &Frame<'a>) -> &'a [&'a str] {
         }
     }
     v.into_bump_slice()
-}
-
-fn simhash_bands<'a>(f: &Frame<'a>) -> &'a [&'a str] {
-    let h = crate::text::simhash(f.normalized());
-    if h == 0 {
-        return &[];
-    }
-    f.list((0..4u32).map(|band| {
-        let bits = (h >> (band * 16)) & 0xffff;
-        bumpalo::format!(in f.bump, "{}:{:04x}", band, bits).into_bump_str() as &str
-    }))
 }
 
 macro_rules! fields {
@@ -217,7 +206,7 @@ fields! {
     "record.post.tags": List = "extra hashtags in the `tags` field"
         => |f| Val::List(f.list(f.post().into_iter().flat_map(|p| p.tags())));
     "record.post.is_reply": Bool ?o = "whether the post is a reply"
-        => |f| f.post().map_or(Val::Missing, |p| b(p.reply().is_some()));
+        => |f| f.post().map_or(Val::Missing, |_| b(f.reply().is_some()));
     "record.post.reply": Object ?o = "present when the post is a reply"
         => |f| present(reply(f));
     "record.post.reply.parent.uri": String ?o = "AT-URI of the post replied to"
@@ -371,14 +360,14 @@ fields! {
     "text.lang": String ?o = "the first declared language of a post"
         => |f| opt(f.post().and_then(|p| p.langs().next()));
     "text.fingerprint": String ?o = "exact-after-normalisation fingerprint (hex) for counting duplicates; missing for empty text"
-        => |f| match crate::text::fingerprint(f.normalized()) {
+        => |f| match f.fingerprint() {
             0 => Val::Missing,
             fp => s(bumpalo::format!(in f.bump, "{:016x}", fp).into_bump_str()),
         };
     "text.simhash_bands": List = "the SimHash cut into four 16-bit bands (`0:1a2b`, `1:...`): texts whose SimHashes differ in 3 bits or fewer always share a band, and most light edits do, so a counter keyed by the bands counts near-duplicates"
-        => |f| Val::List(simhash_bands(f));
+        => |f| Val::List(f.simhash_bands());
     "text.simhash": Int ?o = "64-bit SimHash of the normalised text, for near-duplicate comparison with `hamming()`"
-        => |f| match crate::text::simhash(f.normalized()) {
+        => |f| match f.simhash() {
             0 => Val::Missing,
             h => Val::Int(h as i64),
         };

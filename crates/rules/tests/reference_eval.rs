@@ -1378,6 +1378,40 @@ fn lists_and_comprehensions() {
     expect(&c, r#""A" in record.post.tags"#, Bool(false));
 }
 
+/// `text.simhash`, its bands and `text.fingerprint` are the text module's functions of the
+/// normalised text, also when one expression reads them several times (they are computed
+/// once per unit and shared).
+#[test]
+fn text_hashes_are_functions_of_the_normalised_text() {
+    use skywarden_rules::text::{fingerprint, normalize_into, simhash};
+    let mut c = plain_case();
+    c.post.text = "Buy CHEAP followers now, only at our shop".into();
+    let mut normalized = String::new();
+    normalize_into(&c.post.text, &mut normalized);
+    let h = simhash(&normalized);
+    let bands: Vec<String> = (0..4)
+        .map(|band| format!("{band}:{:04x}", (h >> (band * 16)) & 0xffff))
+        .collect();
+    let eval = |source: &str| crate_eval(&c, source).unwrap_or_else(|e| panic!("`{source}`: {e}"));
+    assert_eq!(eval("text.simhash"), Owned::Int(h as i64));
+    assert_eq!(
+        eval("text.fingerprint"),
+        Owned::Str(format!("{:016x}", fingerprint(&normalized)))
+    );
+    assert_eq!(eval("text.simhash_bands"), Owned::List(bands.clone()));
+    let twice = format!(
+        "text.simhash == text.simhash && size(text.simhash_bands) == 4 \
+         && {:?} in text.simhash_bands && text.fingerprint == text.fingerprint",
+        bands[3]
+    );
+    assert_eq!(eval(&twice), Owned::Bool(true));
+    c.post.text = "!!! ...".into();
+    let eval = |source: &str| crate_eval(&c, source).unwrap_or_else(|e| panic!("`{source}`: {e}"));
+    assert_eq!(eval("text.simhash"), Owned::Missing);
+    assert_eq!(eval("text.fingerprint"), Owned::Missing);
+    assert_eq!(eval("size(text.simhash_bands)"), Owned::Int(0));
+}
+
 #[test]
 fn replies_and_text() {
     use RefValue::*;
