@@ -404,6 +404,44 @@ impl Store {
 /// SQLite's limit on bound parameters).
 pub const BATCH_ROWS: usize = 100;
 
+/// `items` in chunks for multi-row statements: [`BATCH_ROWS`] at a time, the rest in chunks
+/// whose lengths are powers of two. A statement's text depends on its row count, and a
+/// connection keeps the statements it has seen prepared: with only these few lengths each
+/// statement is parsed and planned once per connection, not again for every new count.
+pub(crate) fn statement_chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let n = if rest.len() >= BATCH_ROWS {
+            BATCH_ROWS
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+/// How many places an `IN (...)` list of `n` values (at most [`BATCH_ROWS`]) is bound with:
+/// `n` rounded up to a power of two, or [`BATCH_ROWS`], for the reason given at
+/// [`statement_chunks`]. See [`padded`] for what fills the extra places.
+pub(crate) fn padded_len(n: usize) -> usize {
+    if n <= 1 {
+        return n;
+    }
+    n.next_power_of_two().min(BATCH_ROWS).max(n)
+}
+
+/// The values of `list` for `places` places of an `IN (...)` list: the values, then the last
+/// one repeated, which leaves the set the list stands for unchanged.
+pub(crate) fn padded<T>(list: &[T], places: usize) -> impl Iterator<Item = &T> {
+    let fill = places.saturating_sub(list.len());
+    list.iter().chain(list.last().into_iter().cycle().take(fill))
+}
+
 /// Appends `rows` groups of `columns` placeholders: `(?, ?), (?, ?)`.
 fn push_placeholders(sql: &mut String, rows: usize, columns: usize) {
     for r in 0..rows {
@@ -442,11 +480,11 @@ impl Tx {
         Ok(self.insert_effects(&[effect], logged_at).await? == 1)
     }
 
-    /// Appends `effects` in order (one statement per [`BATCH_ROWS`]), skipping any whose
-    /// idempotency key is already logged. Returns how many were appended.
+    /// Appends `effects` in order (in the chunks [`statement_chunks`] cuts), skipping any
+    /// whose idempotency key is already logged. Returns how many were appended.
     pub async fn insert_effects(&mut self, effects: &[&NewEffect], logged_at: i64) -> Result<u64> {
         let mut appended = 0;
-        for chunk in effects.chunks(BATCH_ROWS) {
+        for chunk in statement_chunks(effects) {
             let mut sql = String::from(
                 "INSERT INTO effects (idempotency_key, event_time, logged_at, cursor, did, rule, \
                  ruleset_version, mode, verb, subject, outcome, action) VALUES ",
@@ -484,9 +522,10 @@ impl Tx {
         for chunk in keys.chunks(BATCH_ROWS) {
             let mut sql =
                 String::from("SELECT idempotency_key FROM effects WHERE idempotency_key IN ");
-            push_placeholders(&mut sql, 1, chunk.len());
+            let places = padded_len(chunk.len());
+            push_placeholders(&mut sql, 1, places);
             let mut query = sqlx::query(&sql);
-            for key in chunk {
+            for key in padded(chunk, places) {
                 query = query.bind(*key);
             }
             for row in query
@@ -511,9 +550,10 @@ impl Tx {
             let mut sql = String::from(
                 "SELECT subject, kind, value FROM subject_state WHERE mode = ? AND subject IN ",
             );
-            push_placeholders(&mut sql, 1, chunk.len());
+            let places = padded_len(chunk.len());
+            push_placeholders(&mut sql, 1, places);
             let mut query = sqlx::query(&sql).bind(mode);
-            for subject in chunk {
+            for subject in padded(chunk, places) {
                 query = query.bind(*subject);
             }
             for row in query
@@ -529,7 +569,7 @@ impl Tx {
 
     /// Gives each subject its value (`since` replaced if it has it).
     pub async fn put_states(&mut self, rows: &[StateValue<'_>]) -> Result<()> {
-        for chunk in rows.chunks(BATCH_ROWS) {
+        for chunk in statement_chunks(rows) {
             let mut sql = String::from(
                 "INSERT INTO subject_state (mode, subject, kind, value, since) VALUES ",
             );
@@ -640,6 +680,40 @@ impl Tx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statement_chunks_cover_the_items_in_few_lengths() {
+        for n in 0..=3 * BATCH_ROWS + 7 {
+            let items: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = statement_chunks(&items).collect();
+            assert_eq!(chunks.concat(), items, "n = {n}");
+            for c in &chunks {
+                assert!(
+                    c.len() == BATCH_ROWS || (c.len().is_power_of_two() && c.len() < BATCH_ROWS),
+                    "n = {n}: a chunk of {}",
+                    c.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn padded_lists_repeat_a_value_already_there() {
+        assert_eq!(padded_len(0), 0);
+        assert_eq!(padded_len(1), 1);
+        assert_eq!(padded_len(3), 4);
+        assert_eq!(padded_len(64), 64);
+        assert_eq!(padded_len(65), BATCH_ROWS);
+        assert_eq!(padded_len(BATCH_ROWS), BATCH_ROWS);
+        let lengths: HashSet<usize> = (1..=BATCH_ROWS).map(padded_len).collect();
+        assert!(lengths.len() <= 8, "{lengths:?}");
+        let list = ["a", "b", "c"];
+        let places = padded_len(list.len());
+        let values: Vec<&str> = padded(&list, places).copied().collect();
+        assert_eq!(values, ["a", "b", "c", "c"]);
+        let empty: [&str; 0] = [];
+        assert_eq!(padded(&empty, 0).count(), 0);
+    }
 
     fn effect(key: &str) -> NewEffect {
         NewEffect {

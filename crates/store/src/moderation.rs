@@ -14,7 +14,7 @@
 //! full scan. Two backends pass the same test suite: [`SqliteModStore`] and [`PgModStore`].
 
 use crate::labels::StoreFuture;
-use crate::{BATCH_ROWS, Result, err};
+use crate::{BATCH_ROWS, Result, err, padded, padded_len, statement_chunks};
 use sqlx::Row;
 
 /// Review states (`tools.ozone.moderation.defs#subjectReviewState`).
@@ -1087,28 +1087,32 @@ macro_rules! mod_store {
             let mut seen: std::collections::HashSet<(String, String, String)> =
                 std::collections::HashSet::new();
             if !externals.is_empty() {
+                // Both lists padded to one length: a few statement shapes, not one per pair
+                // of lengths.
+                let places = padded_len(keys.len().max(externals.len()));
                 let sql = format!(
                     "SELECT subject_key, type, external_id FROM mod_events \
                      WHERE subject_key IN ({}) AND external_id IN ({})",
-                    numbered(1, keys.len(), ANONYMOUS),
-                    numbered(1 + keys.len(), externals.len(), ANONYMOUS)
+                    numbered(1, places, ANONYMOUS),
+                    numbered(1 + places, places, ANONYMOUS)
                 );
                 let mut q = sqlx::query(&sql);
-                for v in keys.iter().chain(&externals) {
+                for v in padded(&keys, places).chain(padded(&externals, places)) {
                     q = q.bind(*v);
                 }
                 for r in q.fetch_all(&mut *tx).await.map_err(err("checking external ids"))? {
                     seen.insert((r.get(0), r.get(1), r.get(2)));
                 }
             }
+            let places = padded_len(keys.len());
             let sql = format!(
                 "SELECT {STATUS_COLUMNS}, subject_key FROM mod_subjects \
                  WHERE subject_key IN ({}){}",
-                numbered(1, keys.len(), ANONYMOUS),
+                numbered(1, places, ANONYMOUS),
                 $lock_row
             );
             let mut q = sqlx::query(&sql);
-            for k in &keys {
+            for k in padded(&keys, places) {
                 q = q.bind(*k);
             }
             let mut statuses: std::collections::HashMap<String, SubjectStatus> = q
@@ -1163,7 +1167,7 @@ macro_rules! mod_store {
                 }
             }
             let records: Vec<&RecordSnapshot> = records.into_values().collect();
-            for chunk in records.chunks(BATCH_ROWS) {
+            for chunk in statement_chunks(&records) {
                 let sql = format!(
                     "INSERT INTO mod_records (uri, cid, value, indexed_at) VALUES {} \
                      ON CONFLICT (uri) DO UPDATE SET cid = excluded.cid, \
@@ -1176,7 +1180,7 @@ macro_rules! mod_store {
                 }
                 q.execute(&mut *tx).await.map_err(err("keeping record snapshots"))?;
             }
-            for chunk in appended.chunks(BATCH_ROWS) {
+            for chunk in statement_chunks(&appended) {
                 let sql = format!(
                     "INSERT INTO mod_events (type, subject_key, subject_did, subject_uri, \
                      subject_cid, subject_collection, subject, event, blob_cids, \
@@ -1223,7 +1227,7 @@ macro_rules! mod_store {
             }
             let mut written: std::collections::HashMap<String, SubjectStatus> =
                 std::collections::HashMap::new();
-            for chunk in changed.chunks(BATCH_ROWS) {
+            for chunk in statement_chunks(&changed) {
                 let sql = format!(
                     "INSERT INTO mod_subjects (subject_key, did, uri, cid, collection, \
                      review_state, takendown, appealed, suspend_until, mute_until, \
@@ -1287,12 +1291,13 @@ macro_rules! mod_store {
                 .map(|(_, status)| status)
                 .collect();
             for chunk in retagged.chunks(BATCH_ROWS) {
+                let places = padded_len(chunk.len());
                 let sql = format!(
                     "DELETE FROM mod_subject_tags WHERE subject_id IN ({})",
-                    numbered(1, chunk.len(), ANONYMOUS)
+                    numbered(1, places, ANONYMOUS)
                 );
                 let mut q = sqlx::query(&sql);
-                for status in chunk {
+                for status in padded(chunk, places) {
                     q = q.bind(status.id);
                 }
                 q.execute(&mut *tx).await.map_err(err("replacing subject tags"))?;
@@ -1300,7 +1305,7 @@ macro_rules! mod_store {
                     .iter()
                     .flat_map(|s| s.tags.iter().map(|t| (t.as_str(), s.id)))
                     .collect();
-                for rows in tags.chunks(BATCH_ROWS) {
+                for rows in statement_chunks(&tags) {
                     let sql = format!(
                         "INSERT INTO mod_subject_tags (tag, subject_id) VALUES {} \
                          ON CONFLICT DO NOTHING",
