@@ -54,11 +54,11 @@ impl PendingEffect {
         #[derive(serde::Serialize)]
         struct Logged<'a> {
             #[serde(flatten)]
-            action: serde_json::Value,
+            action: &'a Action,
             event: EventRef<'a>,
         }
         let logged = Logged {
-            action: self.action.to_json(),
+            action: &self.action,
             event: event_ref(&self.event, self.unit),
         };
         serde_json::to_string(&logged).expect("an action always serializes")

@@ -227,10 +227,124 @@ pub fn resolve_reason(reason: &str) -> Option<&'static str> {
 }
 
 impl Action {
-    /// The action as one JSON object (for `skywarden rules run` and webhooks).
+    /// The action as one JSON object (for `skywarden rules run` and webhooks): what its
+    /// [`Serialize`](serde::Serialize) implementation writes.
     pub fn to_json(&self) -> serde_json::Value {
-        use serde_json::json;
-        let verb = match &self.verb {
+        serde_json::to_value(self).expect("an action always serializes")
+    }
+}
+
+/// One JSON object with the keys in sorted order:
+/// `{"action": {..}, "explanation": {..}, "mode", "rule", "rulesetVersion", "subject": {..}}`.
+/// Written straight to the serializer (the effect log writes one per logged effect), with no
+/// intermediate `serde_json::Value`.
+impl serde::Serialize for Action {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(6))?;
+        map.serialize_entry("action", &VerbJson(&self.verb))?;
+        map.serialize_entry("explanation", &ExplanationJson(&self.explanation))?;
+        map.serialize_entry("mode", self.mode.as_str())?;
+        map.serialize_entry("rule", &self.rule)?;
+        map.serialize_entry("rulesetVersion", &self.ruleset_version)?;
+        map.serialize_entry("subject", &SubjectJson(&self.subject))?;
+        map.end()
+    }
+}
+
+/// A verb as the object `Action`'s JSON holds under `action`, keys sorted.
+struct VerbJson<'a>(&'a Verb);
+
+impl serde::Serialize for VerbJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        match self.0 {
+            Verb::Label {
+                value,
+                negate,
+                expires_in,
+            } => {
+                map.serialize_entry("expiresInSeconds", &expires_in.map(|e| e / 1_000_000))?;
+                map.serialize_entry("label", value)?;
+                map.serialize_entry("negate", negate)?;
+            }
+            Verb::Tag { tags } => map.serialize_entry("tag", tags)?,
+            Verb::Flag { value } => map.serialize_entry("flag", value)?,
+            Verb::Report { reason, comment } => {
+                map.serialize_entry("comment", comment)?;
+                map.serialize_entry("report", reason)?;
+            }
+            Verb::Takedown { comment } => {
+                map.serialize_entry("comment", comment)?;
+                map.serialize_entry("takedown", &true)?;
+            }
+            Verb::Escalate { comment } => {
+                map.serialize_entry("comment", comment)?;
+                map.serialize_entry("escalate", &true)?;
+            }
+            Verb::Acknowledge { comment } => {
+                map.serialize_entry("acknowledge", &true)?;
+                map.serialize_entry("comment", comment)?;
+            }
+            Verb::Comment { comment } => map.serialize_entry("comment", comment)?,
+            Verb::Notify { webhook, message } => {
+                map.serialize_entry("message", message)?;
+                map.serialize_entry("notify", webhook)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// A subject as `{"did"}` or `{"cid", "uri"}`.
+struct SubjectJson<'a>(&'a Subject);
+
+impl serde::Serialize for SubjectJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        match self.0 {
+            Subject::Account { did } => map.serialize_entry("did", did)?,
+            Subject::Record { uri, cid } => {
+                map.serialize_entry("cid", cid)?;
+                map.serialize_entry("uri", uri)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// The explanation as an object: keys sorted, a repeated expression keeping its last value
+/// (as a JSON object built from the pairs would).
+struct ExplanationJson<'a>(&'a Explanation);
+
+impl serde::Serialize for ExplanationJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut pairs: Vec<&(String, String)> = self.0.iter().collect();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut map = serializer.serialize_map(None)?;
+        for (i, (key, value)) in pairs.iter().map(|p| (&p.0, &p.1)).enumerate() {
+            // Stable sort: of equal keys, the last in the explanation comes last.
+            if pairs.get(i + 1).is_some_and(|next| &next.0 == key) {
+                continue;
+            }
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The JSON as an object built value by value (how the log wrote it before the direct
+    /// serializer), to compare the serializer against.
+    fn built(a: &Action) -> serde_json::Value {
+        let verb = match &a.verb {
             Verb::Label {
                 value,
                 negate,
@@ -247,11 +361,11 @@ impl Action {
             Verb::Comment { comment } => json!({ "comment": comment }),
             Verb::Notify { webhook, message } => json!({ "notify": webhook, "message": message }),
         };
-        let subject = match &self.subject {
+        let subject = match &a.subject {
             Subject::Account { did } => json!({ "did": did }),
             Subject::Record { uri, cid } => json!({ "uri": uri, "cid": cid }),
         };
-        let explanation: serde_json::Map<String, serde_json::Value> = self
+        let explanation: serde_json::Map<String, serde_json::Value> = a
             .explanation
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
@@ -259,10 +373,91 @@ impl Action {
         json!({
             "action": verb,
             "subject": subject,
-            "rule": self.rule,
-            "rulesetVersion": self.ruleset_version,
-            "mode": self.mode.as_str(),
+            "rule": a.rule,
+            "rulesetVersion": a.ruleset_version,
+            "mode": a.mode.as_str(),
             "explanation": explanation,
         })
+    }
+
+    #[test]
+    fn serialized_action_is_the_object_built_value_by_value() {
+        let verbs = vec![
+            Verb::Label {
+                value: "spam".into(),
+                negate: false,
+                expires_in: Some(7_200_000_000),
+            },
+            Verb::Label {
+                value: "spam".into(),
+                negate: true,
+                expires_in: None,
+            },
+            Verb::Tag {
+                tags: vec!["a".into(), "b \"quoted\"".into()],
+            },
+            Verb::Flag {
+                value: "ring".into(),
+            },
+            Verb::Report {
+                reason: "com.atproto.moderation.defs#reasonSpam".into(),
+                comment: "line\nbreak".into(),
+            },
+            Verb::Takedown {
+                comment: String::new(),
+            },
+            Verb::Escalate {
+                comment: "x".into(),
+            },
+            Verb::Acknowledge {
+                comment: String::new(),
+            },
+            Verb::Comment {
+                comment: "é 日本".into(),
+            },
+            Verb::Notify {
+                webhook: "ops".into(),
+                message: "m".into(),
+            },
+        ];
+        let subjects = [
+            Subject::Account {
+                did: "did:plc:abc".into(),
+            },
+            Subject::Record {
+                uri: "at://did:plc:abc/app.bsky.feed.post/3k".into(),
+                cid: Some("bafyrei".into()),
+            },
+            Subject::Record {
+                uri: "at://did:plc:abc/app.bsky.feed.post/3k".into(),
+                cid: None,
+            },
+        ];
+        // Out of order and with a repeated expression: the object keeps the last value.
+        let explanation: Explanation = vec![
+            ("text.length".to_string(), "30".to_string()),
+            ("account.did".to_string(), "did:plc:abc".to_string()),
+            ("text.length".to_string(), "31".to_string()),
+        ]
+        .into();
+        for verb in &verbs {
+            for subject in &subjects {
+                let a = Action {
+                    verb: verb.clone(),
+                    subject: subject.clone(),
+                    rule: "r".into(),
+                    ruleset_version: "sha256:0".into(),
+                    mode: Mode::Shadow,
+                    explanation: explanation.clone(),
+                };
+                let expected = built(&a);
+                assert_eq!(a.to_json(), expected);
+                // Byte for byte: keys in the order a sorted object writes them.
+                assert_eq!(
+                    serde_json::to_string(&a).unwrap(),
+                    serde_json::to_string(&expected).unwrap()
+                );
+            }
+        }
     }
 }

@@ -439,7 +439,8 @@ pub(crate) fn padded_len(n: usize) -> usize {
 /// one repeated, which leaves the set the list stands for unchanged.
 pub(crate) fn padded<T>(list: &[T], places: usize) -> impl Iterator<Item = &T> {
     let fill = places.saturating_sub(list.len());
-    list.iter().chain(list.last().into_iter().cycle().take(fill))
+    list.iter()
+        .chain(list.last().into_iter().cycle().take(fill))
 }
 
 /// Appends `rows` groups of `columns` placeholders: `(?, ?), (?, ?)`.
