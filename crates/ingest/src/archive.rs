@@ -259,7 +259,10 @@ impl ArchiveReader {
             path: p.clone(),
             source,
         };
-        let mut file = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
+        // A small buffer: chunk bodies (far larger) are then read straight into the reader's
+        // own buffer instead of being copied out of this one; chunk headers and the frames of
+        // plain recordings are small reads it serves.
+        let mut file = BufReader::with_capacity(16 * 1024, File::open(path).map_err(io)?);
         let mut header = [0u8; HEADER_LEN];
         let n = read_up_to(&mut file, &mut header).map_err(io)?;
         let (format, raw, offset) = if n == HEADER_LEN && &header[..8] == MAGIC {
