@@ -67,6 +67,15 @@ pub struct LiveGauges {
     pub accounts: std::sync::atomic::AtomicU64,
 }
 
+/// Per-rule counters of one ruleset, by rule index (see [`Metrics::rule_counters`]).
+#[derive(Debug, Default)]
+pub struct RuleCounters {
+    /// `rule_evaluations` of each rule.
+    pub evaluations: Vec<Counter>,
+    /// `rule_hits` of each rule.
+    pub hits: Vec<Counter>,
+}
+
 impl LiveGauges {
     /// Gauges for `partitions` partitions.
     pub fn new(partitions: usize) -> Self {
@@ -106,18 +115,24 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// Counts `n` evaluations of `rule`.
-    pub fn rule_evaluated(&self, rule: &str, mode: &'static str, n: u64) {
-        self.rule_evaluations
-            .get_or_create(&vec![("rule", rule.into()), ("mode", mode.into())])
-            .inc_by(n);
-    }
-
-    /// Counts `n` hits of `rule`.
-    pub fn rule_hit(&self, rule: &str, mode: &'static str, n: u64) {
-        self.rule_hits
-            .get_or_create(&vec![("rule", rule.into()), ("mode", mode.into())])
-            .inc_by(n);
+    /// The evaluation and hit counters of `rules` (`(name, mode)`, in ruleset order), looked
+    /// up once: a worker keeps them while the ruleset is active instead of looking each rule's
+    /// series up (allocating and hashing its labels) after every batch.
+    pub fn rule_counters<'a>(
+        &self,
+        rules: impl IntoIterator<Item = (&'a str, &'static str)>,
+    ) -> RuleCounters {
+        let mut counters = RuleCounters::default();
+        for (rule, mode) in rules {
+            let labels = vec![("rule", rule.into()), ("mode", mode.into())];
+            counters
+                .evaluations
+                .push(self.rule_evaluations.get_or_create(&labels).clone());
+            counters
+                .hits
+                .push(self.rule_hits.get_or_create(&labels).clone());
+        }
+        counters
     }
 
     /// Counts one action of `verb` with `outcome`.

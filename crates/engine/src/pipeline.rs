@@ -506,6 +506,7 @@ async fn worker(
     let mut evaluator = Evaluator::new();
     let mut firings: Vec<Firing> = Vec::new();
     let mut failed_before = 0u64;
+    let mut rule_counters: Option<(Arc<Active>, crate::metrics::RuleCounters)> = None;
     loop {
         let Some(mut batch) = rx.recv().await else {
             return;
@@ -586,17 +587,27 @@ async fn worker(
                 metrics.events(kind, n);
             }
         }
-        for (i, rule) in active.ruleset.rules.iter().enumerate() {
-            let mode = if rule.mode == Mode::Shadow {
-                "shadow"
-            } else {
-                "live"
-            };
-            if evaluations[i] > 0 {
-                metrics.rule_evaluated(&rule.name, mode, evaluations[i]);
+        // The active ruleset's counters, looked up again only after a reload.
+        let counters = match &rule_counters {
+            Some((of, counters)) if Arc::ptr_eq(of, &active) => counters,
+            _ => {
+                let counters = metrics.rule_counters(active.ruleset.rules.iter().map(|rule| {
+                    let mode = if rule.mode == Mode::Shadow {
+                        "shadow"
+                    } else {
+                        "live"
+                    };
+                    (rule.name.as_str(), mode)
+                }));
+                &rule_counters.insert((active.clone(), counters)).1
             }
-            if hits[i] > 0 {
-                metrics.rule_hit(&rule.name, mode, hits[i]);
+        };
+        for (i, (evaluated, hit)) in evaluations.iter().zip(&hits).enumerate() {
+            if *evaluated > 0 {
+                counters.evaluations[i].inc_by(*evaluated);
+            }
+            if *hit > 0 {
+                counters.hits[i].inc_by(*hit);
             }
         }
         if evaluator.failed_units > failed_before {
