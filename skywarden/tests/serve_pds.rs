@@ -132,6 +132,13 @@ async fn serve_on_a_real_pds_logs_explained_effects_for_abuse_and_none_for_ordin
             "metrics lack {needle}:\n{metrics}"
         );
     }
+    // Every rule's series exists from the start; this one must have counted the hit.
+    let hits = metrics
+        .lines()
+        .find(|l| l.starts_with("skywarden_rule_hits_total{rule=\"gtube-post\",mode=\"live\"} "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(hits.is_some_and(|n| n >= 1.0), "gtube-post hits: {hits:?}");
 
     // The labels reach the network's own clients, signed.
     let labeler_did = format!("did:web:127.0.0.1%3A{port}");
