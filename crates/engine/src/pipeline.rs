@@ -234,8 +234,9 @@ impl Engine {
         let partitions = self.config.partitions;
         // The source as a stream: the stream keeps a read in progress across polls, so waiting
         // for the next event can be interrupted (shutdown, timers) without cancelling a read
-        // half-way, and a ready event is taken without a hand-off between tasks.
-        let events = futures_util::stream::unfold(Some(source), |state| async move {
+        // half-way, and a ready event is taken without a hand-off between tasks. The stream
+        // moves its state in and out of each read: boxed, that is a pointer, not the source.
+        let events = futures_util::stream::unfold(Some(Box::new(source)), |state| async move {
             let mut source = state?;
             match source.next_event().await {
                 Ok(Some(event)) => Some((Ok(event), Some(source))),
