@@ -482,6 +482,17 @@ mod tests {
         Ok(out)
     }
 
+    /// Writes `frames` to a new archive at `path` with chunks of `chunk_bytes`.
+    fn write_archive(path: &Path, frames: &[RawFrame], chunk_bytes: usize) {
+        let mut w = ArchiveWriter::create(path, Format::Firehose)
+            .unwrap()
+            .chunk_bytes(chunk_bytes);
+        for f in frames {
+            w.write(f).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
     /// Frames are slices of the chunk buffer: one dropped before the next chunk loads lets
     /// the buffer be reused, one still held keeps its bytes (the next chunk gets a new one).
     #[test]
@@ -490,13 +501,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("a.skwa");
         let all = frames(2000);
-        let mut w = ArchiveWriter::create(&path, Format::Firehose)
-            .unwrap()
-            .chunk_bytes(4 * 1024);
-        for f in &all {
-            w.write(f).unwrap();
-        }
-        w.finish().unwrap();
+        write_archive(&path, &all, 4 * 1024);
         let mut r = ArchiveReader::open(&path).unwrap();
         let mut held = Vec::new();
         for (i, expected) in all.iter().enumerate() {
@@ -520,13 +525,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("a.skwa");
         let all = frames(5000);
-        let mut w = ArchiveWriter::create(&path, Format::Firehose)
-            .unwrap()
-            .chunk_bytes(16 * 1024);
-        for f in &all[..3000] {
-            w.write(f).unwrap();
-        }
-        w.finish().unwrap();
+        write_archive(&path, &all[..3000], 16 * 1024);
         let mut w = ArchiveWriter::append(&path, Format::Firehose).unwrap();
         for f in &all[3000..] {
             w.write(f).unwrap();

@@ -96,10 +96,6 @@ fn subject_did<'a>(f: &Frame<'a>, nsid: &str) -> Val<'a> {
         .and_then(did_of))
 }
 
-fn reply<'a>(f: &Frame<'a>) -> Option<skywarden_atproto::record::ReplyRef<'a>> {
-    f.reply()
-}
-
 fn embed<'a>(f: &Frame<'a>) -> Option<Embed<'a>> {
     f.post().and_then(|p| p.embed())
 }
@@ -208,15 +204,15 @@ fields! {
     "record.post.is_reply": Bool ?o = "whether the post is a reply"
         => |f| f.post().map_or(Val::Missing, |_| b(f.reply().is_some()));
     "record.post.reply": Object ?o = "present when the post is a reply"
-        => |f| present(reply(f));
+        => |f| present(f.reply());
     "record.post.reply.parent.uri": String ?o = "AT-URI of the post replied to"
-        => |f| opt(reply(f).and_then(|r| r.parent));
+        => |f| opt(f.reply().and_then(|r| r.parent));
     "record.post.reply.parent.did": String ?o = "DID of the author replied to"
-        => |f| opt(reply(f).and_then(|r| r.parent).and_then(did_of));
+        => |f| opt(f.reply().and_then(|r| r.parent).and_then(did_of));
     "record.post.reply.root.uri": String ?o = "AT-URI of the thread root"
-        => |f| opt(reply(f).and_then(|r| r.root));
+        => |f| opt(f.reply().and_then(|r| r.root));
     "record.post.reply.root.did": String ?o = "DID of the thread root's author"
-        => |f| opt(reply(f).and_then(|r| r.root).and_then(did_of));
+        => |f| opt(f.reply().and_then(|r| r.root).and_then(did_of));
     "record.post.embed": Object ?o = "present when the post has an embed"
         => |f| present(embed(f));
     "record.post.embed.type": String ?o = "the embed's `$type`"
