@@ -804,6 +804,65 @@ const STATUS_COLUMNS: &str = "id, did, uri, cid, review_state, takendown, appeal
     last_reported_at, last_appealed_at, priority_score, comment, tags, blob_cids, created_at, \
     updated_at";
 
+/// The status columns `mod_subjects`' secondary indexes hold (besides `did`, which never
+/// changes for a subject).
+const INDEXED_STATUS_COLUMNS: &[&str] = &[
+    "review_state",
+    "takendown",
+    "appealed",
+    "last_reviewed_at",
+    "last_reported_at",
+    "priority_score",
+];
+
+/// The status columns an upsert may change that no index holds.
+const UNINDEXED_STATUS_COLUMNS: &[&str] = &[
+    "cid",
+    "suspend_until",
+    "mute_until",
+    "mute_reporting_until",
+    "last_reviewed_by",
+    "last_appealed_at",
+    "comment",
+    "tags",
+    "blob_cids",
+    "updated_at",
+];
+
+/// `a = excluded.a, b = excluded.b` for an upsert's `DO UPDATE SET`.
+fn set_from_excluded<'a>(columns: impl Iterator<Item = &'a &'a str>) -> String {
+    columns
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The values of a status in [`INDEXED_STATUS_COLUMNS`]: when a change leaves them as
+/// stored, the upsert sets only the other columns, so SQLite (which rewrites every index
+/// on a column named in `SET`, whether its value changed or not) leaves those indexes be.
+#[derive(PartialEq)]
+struct IndexedValues {
+    review_state: String,
+    takendown: bool,
+    appealed: bool,
+    last_reviewed_at: Option<String>,
+    last_reported_at: Option<String>,
+    priority_score: i64,
+}
+
+impl IndexedValues {
+    fn of(s: &SubjectStatus) -> Self {
+        IndexedValues {
+            review_state: s.review_state.clone(),
+            takendown: s.takendown,
+            appealed: s.appealed,
+            last_reviewed_at: s.last_reviewed_at.clone(),
+            last_reported_at: s.last_reported_at.clone(),
+            priority_score: s.priority_score,
+        }
+    }
+}
+
 /// Entries per run of a batch: IN lists of keys and external ids stay far below both
 /// backends' limits on bound parameters.
 const RUN_ROWS: usize = BATCH_ROWS;
@@ -1126,6 +1185,10 @@ macro_rules! mod_store {
                 .iter()
                 .map(|(k, s)| (k.clone(), s.tags.clone()))
                 .collect();
+            let stored_indexed: std::collections::HashMap<String, IndexedValues> = statuses
+                .iter()
+                .map(|(k, s)| (k.clone(), IndexedValues::of(s)))
+                .collect();
             // What the run writes: events in order, and per subject the last status and
             // record snapshot.
             let first_out = out.len();
@@ -1227,96 +1290,115 @@ macro_rules! mod_store {
             }
             let mut written: std::collections::HashMap<String, SubjectStatus> =
                 std::collections::HashMap::new();
-            for chunk in statement_chunks(&changed) {
-                let sql = format!(
-                    "INSERT INTO mod_subjects (subject_key, did, uri, cid, collection, \
-                     review_state, takendown, appealed, suspend_until, mute_until, \
-                     mute_reporting_until, last_reviewed_by, last_reviewed_at, \
-                     last_reported_at, last_appealed_at, priority_score, comment, tags, \
-                     blob_cids, queue_bucket, created_at, updated_at) VALUES {} \
-                     ON CONFLICT (subject_key) DO UPDATE SET \
-                     cid = excluded.cid, review_state = excluded.review_state, \
-                     takendown = excluded.takendown, appealed = excluded.appealed, \
-                     suspend_until = excluded.suspend_until, \
-                     mute_until = excluded.mute_until, \
-                     mute_reporting_until = excluded.mute_reporting_until, \
-                     last_reviewed_by = excluded.last_reviewed_by, \
-                     last_reviewed_at = excluded.last_reviewed_at, \
-                     last_reported_at = excluded.last_reported_at, \
-                     last_appealed_at = excluded.last_appealed_at, \
-                     priority_score = excluded.priority_score, \
-                     comment = excluded.comment, tags = excluded.tags, \
-                     blob_cids = excluded.blob_cids, updated_at = excluded.updated_at \
-                     RETURNING {STATUS_COLUMNS}, subject_key",
-                    numbered_rows(chunk.len(), 22, ANONYMOUS)
-                );
-                let mut q = sqlx::query(&sql);
-                for (key, subject) in chunk {
-                    let s = &statuses[*key];
-                    q = q
-                        .bind(*key)
-                        .bind(&subject.did)
-                        .bind(&subject.uri)
-                        .bind(&s.cid)
-                        .bind(subject.collection())
-                        .bind(&s.review_state)
-                        .bind(s.takendown)
-                        .bind(s.appealed)
-                        .bind(&s.suspend_until)
-                        .bind(s.mute_until.clone().unwrap_or_default())
-                        .bind(&s.mute_reporting_until)
-                        .bind(&s.last_reviewed_by)
-                        .bind(s.last_reviewed_at.clone().unwrap_or_default())
-                        .bind(s.last_reported_at.clone().unwrap_or_default())
-                        .bind(&s.last_appealed_at)
-                        .bind(s.priority_score)
-                        .bind(&s.comment)
-                        .bind(json_list(&s.tags))
-                        .bind(json_list(&s.blob_cids))
-                        .bind(queue_bucket(&subject.did))
-                        .bind(&s.created_at)
-                        .bind(&s.updated_at);
-                }
-                for r in q.fetch_all(&mut *tx).await.map_err(err("writing subject statuses"))? {
-                    written.insert(r.get(20), status_row(&r));
-                }
-            }
-            // The tag index of every subject whose tags changed: one delete and one insert
-            // per chunk of subjects, not two statements per subject and tag.
-            let retagged: Vec<&SubjectStatus> = written
-                .iter()
-                .filter(|(key, status)| {
-                    stored_tags.get(*key).map_or(&[][..], Vec::as_slice) != status.tags.as_slice()
-                })
-                .map(|(_, status)| status)
-                .collect();
-            for chunk in retagged.chunks(BATCH_ROWS) {
-                let places = padded_len(chunk.len());
-                let sql = format!(
-                    "DELETE FROM mod_subject_tags WHERE subject_id IN ({})",
-                    numbered(1, places, ANONYMOUS)
-                );
-                let mut q = sqlx::query(&sql);
-                for status in padded(chunk, places) {
-                    q = q.bind(status.id);
-                }
-                q.execute(&mut *tx).await.map_err(err("replacing subject tags"))?;
-                let tags: Vec<(&str, i64)> = chunk
-                    .iter()
-                    .flat_map(|s| s.tags.iter().map(|t| (t.as_str(), s.id)))
-                    .collect();
-                for rows in statement_chunks(&tags) {
+            // Subjects whose indexed columns keep their stored values (a tag, a comment, a
+            // mute) are upserted by a statement that does not name those columns.
+            let (unindexed, indexed): (Vec<_>, Vec<_>) =
+                changed.iter().copied().partition(|(key, _)| {
+                    stored_indexed
+                        .get(*key)
+                        .is_some_and(|stored| *stored == IndexedValues::of(&statuses[*key]))
+                });
+            let all_columns = set_from_excluded(
+                UNINDEXED_STATUS_COLUMNS.iter().chain(INDEXED_STATUS_COLUMNS),
+            );
+            let unindexed_columns = set_from_excluded(UNINDEXED_STATUS_COLUMNS.iter());
+            for (subjects, set) in [(&indexed, &all_columns), (&unindexed, &unindexed_columns)] {
+                for chunk in statement_chunks(subjects) {
                     let sql = format!(
-                        "INSERT INTO mod_subject_tags (tag, subject_id) VALUES {} \
-                         ON CONFLICT DO NOTHING",
-                        numbered_rows(rows.len(), 2, ANONYMOUS)
+                        "INSERT INTO mod_subjects (subject_key, did, uri, cid, collection, \
+                         review_state, takendown, appealed, suspend_until, mute_until, \
+                         mute_reporting_until, last_reviewed_by, last_reviewed_at, \
+                         last_reported_at, last_appealed_at, priority_score, comment, tags, \
+                         blob_cids, queue_bucket, created_at, updated_at) VALUES {} \
+                         ON CONFLICT (subject_key) DO UPDATE SET {set} \
+                         RETURNING {STATUS_COLUMNS}, subject_key",
+                        numbered_rows(chunk.len(), 22, ANONYMOUS)
                     );
                     let mut q = sqlx::query(&sql);
-                    for (tag, id) in rows {
-                        q = q.bind(*tag).bind(*id);
+                    for (key, subject) in chunk {
+                        let s = &statuses[*key];
+                        q = q
+                            .bind(*key)
+                            .bind(&subject.did)
+                            .bind(&subject.uri)
+                            .bind(&s.cid)
+                            .bind(subject.collection())
+                            .bind(&s.review_state)
+                            .bind(s.takendown)
+                            .bind(s.appealed)
+                            .bind(&s.suspend_until)
+                            .bind(s.mute_until.clone().unwrap_or_default())
+                            .bind(&s.mute_reporting_until)
+                            .bind(&s.last_reviewed_by)
+                            .bind(s.last_reviewed_at.clone().unwrap_or_default())
+                            .bind(s.last_reported_at.clone().unwrap_or_default())
+                            .bind(&s.last_appealed_at)
+                            .bind(s.priority_score)
+                            .bind(&s.comment)
+                            .bind(json_list(&s.tags))
+                            .bind(json_list(&s.blob_cids))
+                            .bind(queue_bucket(&subject.did))
+                            .bind(&s.created_at)
+                            .bind(&s.updated_at);
                     }
-                    q.execute(&mut *tx).await.map_err(err("writing subject tags"))?;
+                    let rows = q
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(err("writing subject statuses"))?;
+                    for r in rows {
+                        written.insert(r.get(20), status_row(&r));
+                    }
                 }
+            }
+            // The tag index follows each subject's tags by the difference: the tags it lost
+            // are deleted and the ones it gained inserted, each by the index's own key
+            // (tag, subject), a few statements per run whatever the number of subjects.
+            let mut lost: Vec<(&str, i64)> = Vec::new();
+            let mut gained: Vec<(&str, i64)> = Vec::new();
+            for (key, status) in &written {
+                let stored = stored_tags.get(key).map_or(&[][..], Vec::as_slice);
+                lost.extend(
+                    stored
+                        .iter()
+                        .filter(|t| !status.tags.contains(t))
+                        .map(|t| (t.as_str(), status.id)),
+                );
+                gained.extend(
+                    status
+                        .tags
+                        .iter()
+                        .filter(|t| !stored.contains(t))
+                        .map(|t| (t.as_str(), status.id)),
+                );
+            }
+            for rows in statement_chunks(&lost) {
+                let pairs: Vec<String> = (0..rows.len())
+                    .map(|r| {
+                        format!(
+                            "(tag = {} AND subject_id = {})",
+                            numbered(1 + 2 * r, 1, ANONYMOUS),
+                            numbered(2 + 2 * r, 1, ANONYMOUS)
+                        )
+                    })
+                    .collect();
+                let sql = format!("DELETE FROM mod_subject_tags WHERE {}", pairs.join(" OR "));
+                let mut q = sqlx::query(&sql);
+                for (tag, id) in rows {
+                    q = q.bind(*tag).bind(*id);
+                }
+                q.execute(&mut *tx).await.map_err(err("removing subject tags"))?;
+            }
+            for rows in statement_chunks(&gained) {
+                let sql = format!(
+                    "INSERT INTO mod_subject_tags (tag, subject_id) VALUES {} \
+                     ON CONFLICT DO NOTHING",
+                    numbered_rows(rows.len(), 2, ANONYMOUS)
+                );
+                let mut q = sqlx::query(&sql);
+                for (tag, id) in rows {
+                    q = q.bind(*tag).bind(*id);
+                }
+                q.execute(&mut *tx).await.map_err(err("writing subject tags"))?;
             }
             // Each event reports the status it left; the last one on a subject reports the
             // row as written.

@@ -414,6 +414,101 @@ async fn a_batch_is_one_transaction_of_events_in_order(store: Arc<dyn ModStore>)
 }
 both!(a_batch_is_one_transaction_of_events_in_order);
 
+async fn queue_views_follow_changes_with_and_without_queue_columns(store: Arc<dyn ModStore>) {
+    // Two reported subjects; then one batch tags the first (its queue columns keep their
+    // values), tags the second and escalates it, and moves a third from open to escalated
+    // and back. Every view of the queue must show each subject where it now is.
+    let (a, b, c) = (
+        account("did:plc:qa"),
+        account("did:plc:qb"),
+        account("did:plc:qc"),
+    );
+    for (n, s) in [&a, &b, &c].into_iter().enumerate() {
+        let report = event("modEventReport", s, "did:plc:reporter", &at(n as u32 + 1));
+        let t = set(s, &at(n as u32 + 1), move |st| {
+            st.review_state = review::OPEN.into();
+            st.last_reported_at = Some(at(n as u32 + 1));
+            st.priority_score = 10;
+        });
+        emit(store.as_ref(), &report, &t).await;
+    }
+    let tag = |t: &'static str| move |s: &mut SubjectStatus| s.tags.push(t.into());
+    let state = |r: &'static str| move |s: &mut SubjectStatus| s.review_state = r.into();
+    let (tag_a, tag_b, escalate_b, escalate_c, reopen_c) = (
+        set(&a, &at(10), tag("spam")),
+        set(&b, &at(11), tag("spam")),
+        set(&b, &at(12), state(review::ESCALATED)),
+        set(&c, &at(13), state(review::ESCALATED)),
+        set(&c, &at(14), state(review::OPEN)),
+    );
+    let events = [
+        event("modEventTag", &a, "did:plc:mod", &at(10)),
+        event("modEventTag", &b, "did:plc:mod", &at(11)),
+        event("modEventEscalate", &b, "did:plc:mod", &at(12)),
+        event("modEventEscalate", &c, "did:plc:mod", &at(13)),
+        event("modEventReport", &c, "did:plc:mod", &at(14)),
+    ];
+    let transitions: [&TransitionFn; 5] = [&tag_a, &tag_b, &escalate_b, &escalate_c, &reopen_c];
+    let batch: Vec<BatchEmit> = events
+        .iter()
+        .zip(transitions)
+        .map(|(event, transition)| BatchEmit {
+            event,
+            transition,
+            record: None,
+        })
+        .collect();
+    store.emit_batch(&batch).await.unwrap();
+    let dids = |q: StatusQuery| {
+        let store = store.clone();
+        async move {
+            let page = store.statuses(&q).await.unwrap();
+            page.statuses.into_iter().map(|s| s.did).collect::<Vec<_>>()
+        }
+    };
+    let open = StatusQuery {
+        review_state: Some(review::OPEN.into()),
+        ..query(&at(20))
+    };
+    assert_eq!(dids(open.clone()).await, ["did:plc:qc", "did:plc:qa"]);
+    let escalated = StatusQuery {
+        review_state: Some(review::ESCALATED.into()),
+        ..query(&at(20))
+    };
+    assert_eq!(dids(escalated).await, ["did:plc:qb"]);
+    let tagged_open = StatusQuery {
+        tags: vec![vec!["spam".into()]],
+        sort: StatusSort::PriorityScore,
+        ..open
+    };
+    assert_eq!(dids(tagged_open).await, ["did:plc:qa"]);
+    let a_now = store.status("did:plc:qa").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            a_now.tags.as_slice(),
+            a_now.updated_at.as_str(),
+            a_now.priority_score
+        ),
+        (&["spam".to_string()][..], at(10).as_str(), 10)
+    );
+    // A tag replaced by another: the tag filters follow.
+    let retag = set(&a, &at(15), |s| s.tags = vec!["ham".into()]);
+    let e = event("modEventTag", &a, "did:plc:mod", &at(15));
+    emit(store.as_ref(), &e, &retag).await;
+    let tagged = |tag: &str| StatusQuery {
+        tags: vec![vec![tag.into()]],
+        ..query(&at(20))
+    };
+    assert_eq!(dids(tagged("spam")).await, ["did:plc:qb"]);
+    assert_eq!(dids(tagged("ham")).await, ["did:plc:qa"]);
+    let untagged = StatusQuery {
+        exclude_tags: vec!["spam".into()],
+        ..query(&at(20))
+    };
+    assert_eq!(dids(untagged).await, ["did:plc:qc", "did:plc:qa"]);
+}
+both!(queue_views_follow_changes_with_and_without_queue_columns);
+
 async fn a_long_batch_keeps_order_across_runs_and_account_closes(store: Arc<dyn ModStore>) {
     // 250 events (more than one run of the batch) over an account and two of its posts; the
     // 120th closes the account's record subjects, and the events after it see that.
