@@ -133,7 +133,7 @@ pub struct Op {
     pub prev: Option<Cid>,
     /// The record, for creates and updates whose block was present and matched its CID.
     pub record: Option<Record>,
-    /// Why `record` is missing on a create or update (e.g. `tooBig`, block absent, not CBOR).
+    /// Why `record` is missing on a create or update (e.g. `tooBig`, block absent).
     pub record_problem: Option<String>,
 }
 
@@ -374,9 +374,10 @@ impl<'a> SignedCommit<'a> {
 
 impl CommitFrame<'_> {
     /// Resolves the ops to records, checking each record block against its CID, and — when
-    /// `key` is given — the commit's signature. A record that is missing or not CBOR does not
-    /// fail the commit (it is reported on the op); a block that does not match its CID does,
-    /// because then the frame is not what the repo signed.
+    /// `key` is given — the commit's signature. A record that is missing does not fail the
+    /// commit (it is reported on the op); a block that does not match its CID does, because
+    /// then the frame is not what the repo signed. Records are decoded when first read
+    /// ([`Record::from_block`]); one whose block is not DAG-CBOR reads as `null`.
     pub fn to_event(&self, key: Option<&PublicKey>) -> Result<Event, CommitError> {
         let car = if self.too_big || self.blocks.is_empty() {
             None
@@ -413,10 +414,7 @@ impl CommitFrame<'_> {
                         None => record_problem = Some("record block missing from CAR".into()),
                         Some(bytes) => {
                             verify_block(cid, bytes)?;
-                            match Record::from_cbor(bytes) {
-                                Ok(r) => record = Some(r),
-                                Err(e) => record_problem = Some(e.to_string()),
-                            }
+                            record = Some(Record::from_block(bytes));
                         }
                     },
                 }

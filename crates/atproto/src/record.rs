@@ -7,11 +7,33 @@
 
 use crate::data::{DataError, Ipld};
 use crate::tree::{Tree, Value};
+use std::sync::OnceLock;
 
-/// A decoded record of any collection.
-#[derive(Debug, Clone, PartialEq)]
+/// A record of any collection.
+///
+/// A record read from a firehose block ([`Record::from_block`]) keeps the block and builds its
+/// tree on the first read: most records on the network are likes and reposts that no rule
+/// reads, so decoding them up front would be work thrown away. Reading it on the worker thread
+/// also takes that work off the source thread, which every event goes through.
+#[derive(Clone)]
 pub struct Record {
-    tree: Tree,
+    /// The DAG-CBOR block, when the tree is to be built from it on the first read.
+    block: Option<Box<[u8]>>,
+    tree: OnceLock<Tree>,
+}
+
+impl PartialEq for Record {
+    fn eq(&self, other: &Self) -> bool {
+        self.tree() == other.tree()
+    }
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("value", self.tree())
+            .finish()
+    }
 }
 
 fn str_of<'a>(map: Value<'a>, key: &str) -> Option<&'a str> {
@@ -36,30 +58,55 @@ impl Record {
     /// Decodes a record block. Fails only when the bytes are not DAG-CBOR at all; a record of
     /// unexpected shape still decodes.
     pub fn from_cbor(bytes: &[u8]) -> Result<Self, DataError> {
-        Tree::from_cbor(bytes).map(|tree| Record { tree })
+        Tree::from_cbor(bytes).map(Self::from_tree)
+    }
+
+    /// Keeps a record block (already checked against its CID) to decode on the first read. A
+    /// block that turns out not to be DAG-CBOR reads as `null`: every view of it answers `None`,
+    /// as for a record of the wrong shape.
+    pub fn from_block(bytes: &[u8]) -> Self {
+        Record {
+            block: Some(bytes.into()),
+            tree: OnceLock::new(),
+        }
     }
 
     /// Reads a record from atproto JSON (Jetstream), with the checks of
     /// [`crate::data::json_to_ipld`].
     pub fn from_json(value: &serde_json::Value) -> Result<Self, DataError> {
-        Tree::from_json(value).map(|tree| Record { tree })
+        Tree::from_json(value).map(Self::from_tree)
     }
 
     /// Wraps an already decoded value.
     pub fn from_value(value: Ipld) -> Self {
+        Self::from_tree(Tree::from_ipld(&value))
+    }
+
+    fn from_tree(tree: Tree) -> Self {
         Record {
-            tree: Tree::from_ipld(&value),
+            block: None,
+            tree: OnceLock::from(tree),
         }
+    }
+
+    /// The tree, built from the block on the first call.
+    fn tree(&self) -> &Tree {
+        self.tree.get_or_init(|| {
+            self.block
+                .as_deref()
+                .and_then(|b| Tree::from_cbor(b).ok())
+                .unwrap_or_else(|| Tree::from_ipld(&Ipld::Null))
+        })
     }
 
     /// The value as a view.
     pub fn value(&self) -> Value<'_> {
-        self.tree.root()
+        self.tree().root()
     }
 
     /// The value as [`Ipld`].
     pub fn to_ipld(&self) -> Ipld {
-        self.tree.to_ipld()
+        self.tree().to_ipld()
     }
 
     /// The record as atproto JSON.
@@ -68,7 +115,7 @@ impl Record {
     }
 
     fn fields(&self) -> Value<'_> {
-        self.tree.root()
+        self.tree().root()
     }
 
     /// The record's `$type`, if it has a string one.
@@ -83,7 +130,7 @@ impl Record {
 
     /// Any field by a dotted path (`embed.external.uri`); list items by index (`langs.0`).
     pub fn get_path(&self, path: &str) -> Option<Value<'_>> {
-        let mut current = self.tree.root();
+        let mut current = self.tree().root();
         for part in path.split('.') {
             current = if current.is_map() {
                 current.get(part)?
@@ -391,5 +438,48 @@ impl<'a> Profile<'a> {
     /// The pinned post's AT-URI.
     pub fn pinned_post(&self) -> Option<&'a str> {
         map_of(self.0, "pinnedPost").and_then(|p| str_of(p, "uri"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{encode_cbor, json_to_ipld};
+
+    #[test]
+    fn a_block_read_late_is_the_record_decoded_up_front() {
+        let value = json_to_ipld(&serde_json::json!({
+            "$type": "app.bsky.feed.post",
+            "text": "hello @alice.test",
+            "createdAt": "2026-01-01T00:00:00.000Z",
+            "reply": {
+                "root": {"uri": "at://did:plc:a/app.bsky.feed.post/1", "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"},
+                "parent": {"uri": "at://did:plc:b/app.bsky.feed.post/2", "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"}
+            }
+        }))
+        .unwrap();
+        let bytes = encode_cbor(&value).unwrap();
+        let eager = Record::from_cbor(&bytes).unwrap();
+        let lazy = Record::from_block(&bytes);
+        assert_eq!(lazy.as_post().text(), "hello @alice.test");
+        assert_eq!(
+            lazy.as_post().reply().and_then(|r| r.parent),
+            Some("at://did:plc:b/app.bsky.feed.post/2")
+        );
+        assert_eq!(lazy.to_ipld(), value);
+        assert_eq!(lazy, eager);
+        assert_eq!(lazy.to_json(), eager.to_json());
+    }
+
+    #[test]
+    fn a_block_that_is_not_dag_cbor_reads_as_null() {
+        // A text string's head promising 5 bytes, followed by 2: not a complete CBOR item.
+        let record = Record::from_block(b"\x65ab");
+        assert!(Record::from_cbor(b"\x65ab").is_err());
+        assert_eq!(record.to_ipld(), Ipld::Null);
+        assert_eq!(record.record_type(), None);
+        assert_eq!(record.subject(), None);
+        assert_eq!(record.as_post().text(), "");
+        assert_eq!(record.to_json(), serde_json::Value::Null);
     }
 }
