@@ -128,7 +128,7 @@ impl Frame<'_> {
 }
 
 /// A `#commit` body.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CommitFrame<'a> {
     /// Stream sequence number.
@@ -166,7 +166,7 @@ pub struct CommitFrame<'a> {
 }
 
 /// One op of a commit.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct RepoOp<'a> {
     /// `create`, `update` or `delete`.
     #[serde(borrow)]
@@ -328,6 +328,227 @@ pub struct ErrorFrame {
 
 /// Decodes one frame as received on the WebSocket.
 pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
+    if let Some(commit) = bytes
+        .strip_prefix(COMMIT_HEADER)
+        .and_then(commit_scan::commit)
+    {
+        return Ok(Frame::Commit(commit));
+    }
+    decode_frame_general(bytes)
+}
+
+/// The header of a `#commit` frame in canonical DAG-CBOR: `{"t": "#commit", "op": 1}`.
+const COMMIT_HEADER: &[u8] = b"\xa2\x61t\x67#commit\x62op\x01";
+
+/// `#commit` bodies read in place. Almost every frame is a commit, and the general decoder
+/// spends most of its time on serde's machinery (a visitor per field, per op and per CID).
+/// The scan takes a body only when it is canonical DAG-CBOR with exactly the types
+/// [`CommitFrame`]'s fields have (other keys only with scalar values) and ends the frame;
+/// anything else returns `None` and goes to the general decoder, which then accepts or
+/// rejects it as it always has. So the scan changes speed, never what is accepted.
+mod commit_scan {
+    use super::{CommitFrame, RepoOp};
+    use crate::cbor::{Head, head};
+    use cid::Cid;
+
+    /// A head with the shortest encoding, of major type `major`.
+    fn minimal(bytes: &[u8], at: usize, major: u8) -> Option<(Head, usize)> {
+        head(bytes, at)
+            .ok()
+            .filter(|(h, _)| h.major == major && h.minimal)
+    }
+
+    /// The payload range of the string of major type `major` (2 bytes, 3 text) at `at`.
+    fn string_of(bytes: &[u8], at: usize, major: u8) -> Option<(usize, usize)> {
+        let (h, start) = minimal(bytes, at, major)?;
+        let end = start.checked_add(usize::try_from(h.arg).ok()?)?;
+        (end <= bytes.len()).then_some((start, end))
+    }
+
+    fn int(bytes: &[u8], at: usize) -> Option<(i64, usize)> {
+        let (h, next) = head(bytes, at).ok().filter(|(h, _)| h.minimal)?;
+        let n = i64::try_from(h.arg).ok()?;
+        match h.major {
+            0 => Some((n, next)),
+            1 => Some((-1 - n, next)),
+            _ => None,
+        }
+    }
+
+    fn boolean(bytes: &[u8], at: usize) -> Option<(bool, usize)> {
+        match bytes.get(at)? {
+            0xf4 => Some((false, at + 1)),
+            0xf5 => Some((true, at + 1)),
+            _ => None,
+        }
+    }
+
+    fn is_null(bytes: &[u8], at: usize) -> bool {
+        bytes.get(at) == Some(&0xf6)
+    }
+
+    fn text(bytes: &[u8], at: usize) -> Option<(&str, usize)> {
+        let (start, end) = string_of(bytes, at, 3)?;
+        Some((std::str::from_utf8(&bytes[start..end]).ok()?, end))
+    }
+
+    fn byte_string(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
+        let (start, end) = string_of(bytes, at, 2)?;
+        Some((&bytes[start..end], end))
+    }
+
+    /// Tag 42 around the CID's bytes behind a zero byte, read as the general decoder reads it.
+    fn cid(bytes: &[u8], at: usize) -> Option<(Cid, usize)> {
+        let (tag, next) = minimal(bytes, at, 6)?;
+        if tag.arg != 42 {
+            return None;
+        }
+        let (raw, end) = byte_string(bytes, next)?;
+        let raw = raw.strip_prefix(&[0]).filter(|r| !r.is_empty())?;
+        let cid = match crate::car::read_sha256_cid_v1(raw) {
+            Some((cid, [])) => cid,
+            _ => Cid::try_from(raw).ok()?,
+        };
+        Some((cid, end))
+    }
+
+    /// A CID or null (null reads as an absent key does).
+    fn nullable_cid(bytes: &[u8], at: usize) -> Option<(Option<Cid>, usize)> {
+        if is_null(bytes, at) {
+            return Some((None, at + 1));
+        }
+        cid(bytes, at).map(|(c, end)| (Some(c), end))
+    }
+
+    /// The value of a key the frame type does not name: only integers, strings, booleans and
+    /// null are taken (`rebase`, for one); anything else goes to the general decoder.
+    fn other_scalar(bytes: &[u8], at: usize) -> Option<usize> {
+        let (h, next) = head(bytes, at).ok().filter(|(h, _)| h.minimal)?;
+        match h.major {
+            0 | 1 => Some(next),
+            2 => byte_string(bytes, at).map(|(_, end)| end),
+            3 => text(bytes, at).map(|(_, end)| end),
+            7 if matches!(h.arg, 20..=22) && next == at + 1 => Some(next),
+            _ => None,
+        }
+    }
+
+    /// Calls `entry` with each key's text and the position of its value, keys checked to be
+    /// canonical; `entry` returns the position after the value.
+    fn map<'b>(
+        bytes: &'b [u8],
+        at: usize,
+        mut entry: impl FnMut(&'b [u8], usize) -> Option<usize>,
+    ) -> Option<usize> {
+        let (h, mut at) = minimal(bytes, at, 5)?;
+        let mut previous: &[u8] = &[];
+        for i in 0..h.arg {
+            let (start, end) = string_of(bytes, at, 3)?;
+            let key = &bytes[start..end];
+            // Canonical order is by encoded length, then bytewise; with minimal heads that is
+            // the text's length, then its bytes.
+            let in_order = i == 0
+                || match previous.len().cmp(&key.len()) {
+                    std::cmp::Ordering::Less => true,
+                    std::cmp::Ordering::Equal => previous < key,
+                    std::cmp::Ordering::Greater => false,
+                };
+            if !in_order || (!key.is_ascii() && std::str::from_utf8(key).is_err()) {
+                return None;
+            }
+            previous = key;
+            at = entry(key, end)?;
+        }
+        Some(at)
+    }
+
+    /// Stores a value read at a key; gives the position after it.
+    fn put<T>(slot: &mut Option<T>, read: Option<(T, usize)>) -> Option<usize> {
+        let (value, end) = read?;
+        *slot = Some(value);
+        Some(end)
+    }
+
+    fn op(bytes: &[u8], at: usize) -> Option<(RepoOp<'_>, usize)> {
+        let (mut action, mut path, mut op_cid, mut prev) = (None, None, None, None);
+        let end = map(bytes, at, |key, at| match key {
+            b"action" => put(&mut action, text(bytes, at)),
+            b"path" => put(&mut path, text(bytes, at)),
+            b"cid" => put(&mut op_cid, nullable_cid(bytes, at)),
+            b"prev" => put(&mut prev, nullable_cid(bytes, at)),
+            _ => other_scalar(bytes, at),
+        })?;
+        let op = RepoOp {
+            action: action?,
+            path: path?,
+            cid: op_cid.flatten(),
+            prev: prev.flatten(),
+        };
+        Some((op, end))
+    }
+
+    fn list<'b, T>(
+        bytes: &'b [u8],
+        at: usize,
+        item: impl Fn(&'b [u8], usize) -> Option<(T, usize)>,
+    ) -> Option<(Vec<T>, usize)> {
+        let (h, mut at) = minimal(bytes, at, 4)?;
+        // Every item takes at least one byte: a count beyond the input is not a list.
+        let len = usize::try_from(h.arg).ok().filter(|&n| n <= bytes.len())?;
+        let mut items = Vec::with_capacity(len);
+        for _ in 0..len {
+            let (value, end) = item(bytes, at)?;
+            items.push(value);
+            at = end;
+        }
+        Some((items, at))
+    }
+
+    /// A whole `#commit` body that ends the frame, or `None` (see the module docs).
+    pub(super) fn commit(bytes: &[u8]) -> Option<CommitFrame<'_>> {
+        let (mut seq, mut too_big, mut repo, mut commit, mut rev, mut since) =
+            (None, None, None, None, None, None);
+        let (mut blocks, mut ops, mut blobs, mut prev_data, mut time) =
+            (None, None, None, None, None);
+        let end = map(bytes, 0, |key, at| match key {
+            b"seq" => put(&mut seq, int(bytes, at)),
+            b"tooBig" => put(&mut too_big, boolean(bytes, at)),
+            b"repo" => put(&mut repo, text(bytes, at)),
+            b"commit" => put(&mut commit, cid(bytes, at)),
+            b"rev" => put(&mut rev, text(bytes, at)),
+            b"since" if is_null(bytes, at) => Some(at + 1),
+            b"since" => put(&mut since, text(bytes, at)),
+            b"blocks" => put(&mut blocks, byte_string(bytes, at)),
+            b"ops" => put(&mut ops, list(bytes, at, op)),
+            b"blobs" if is_null(bytes, at) => Some(at + 1),
+            b"blobs" => put(&mut blobs, list(bytes, at, cid)),
+            b"prevData" => put(&mut prev_data, nullable_cid(bytes, at)),
+            b"time" => put(&mut time, text(bytes, at)),
+            _ => other_scalar(bytes, at),
+        })?;
+        if end != bytes.len() {
+            return None;
+        }
+        Some(CommitFrame {
+            seq: seq?,
+            too_big: too_big.unwrap_or(false),
+            repo: repo?,
+            commit: commit?,
+            rev: rev?,
+            since,
+            blocks: blocks?,
+            ops: ops?,
+            blobs,
+            prev_data: prev_data.flatten(),
+            time: time?,
+        })
+    }
+}
+
+/// Decodes one frame with serde alone: every frame type, and the commits the scan in
+/// [`decode_frame`] does not take. It gives what `decode_frame` gives, more slowly; it is
+/// public so that tests outside this crate can hold the two against each other.
+pub fn decode_frame_general(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
     let mut de = serde_ipld_dagcbor::de::Deserializer::from_slice(bytes);
     let header = Header::deserialize(&mut de).map_err(|e| FrameError::Header(e.to_string()))?;
     // One macro instead of a generic fn: the slice reader type is private to the CBOR crate.
@@ -439,4 +660,228 @@ pub fn decode_stream_frame<T: serde::de::DeserializeOwned>(
     };
     de.end().map_err(|_| FrameError::Trailing)?;
     Ok(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{cid_for_cbor, encode_cbor};
+    use std::collections::BTreeMap;
+
+    fn link(n: u8) -> Ipld {
+        Ipld::Link(cid_for_cbor(&[n]))
+    }
+
+    fn map(entries: Vec<(&str, Ipld)>) -> Ipld {
+        Ipld::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect::<BTreeMap<_, _>>(),
+        )
+    }
+
+    fn frame(header: &Ipld, body: &Ipld) -> Vec<u8> {
+        let mut bytes = encode_cbor(header).unwrap();
+        bytes.extend(encode_cbor(body).unwrap());
+        bytes
+    }
+
+    fn commit_header() -> Ipld {
+        map(vec![
+            ("op", Ipld::Integer(1)),
+            ("t", Ipld::String("#commit".into())),
+        ])
+    }
+
+    fn op(action: &str, path: &str, cid: Option<Ipld>, prev: Option<Ipld>) -> Ipld {
+        let mut entries = vec![
+            ("action", Ipld::String(action.into())),
+            ("path", Ipld::String(path.into())),
+            ("cid", cid.unwrap_or(Ipld::Null)),
+        ];
+        if let Some(prev) = prev {
+            entries.push(("prev", prev));
+        }
+        map(entries)
+    }
+
+    /// Commit bodies of every shape the scan takes, and some it leaves to serde.
+    fn bodies() -> Vec<Ipld> {
+        let base = || {
+            vec![
+                ("seq", Ipld::Integer(4_621_317_030)),
+                ("rebase", Ipld::Bool(false)),
+                ("tooBig", Ipld::Bool(false)),
+                ("repo", Ipld::String("did:plc:abc".into())),
+                ("commit", link(1)),
+                ("rev", Ipld::String("3lbqtdx5zyc2a".into())),
+                ("since", Ipld::String("3lbqtdx5zyc22".into())),
+                ("blocks", Ipld::Bytes(vec![1, 2, 3])),
+                (
+                    "ops",
+                    Ipld::List(vec![
+                        op("create", "app.bsky.feed.like/3l", Some(link(2)), None),
+                        op("delete", "app.bsky.feed.post/3k", None, Some(link(3))),
+                    ]),
+                ),
+                ("blobs", Ipld::List(vec![link(4)])),
+                ("prevData", link(5)),
+                ("time", Ipld::String("2026-01-01T00:00:00.000Z".into())),
+            ]
+        };
+        let with = |changes: Vec<(&'static str, Option<Ipld>)>| {
+            let mut entries = base();
+            for (key, value) in changes {
+                entries.retain(|(k, _)| *k != key);
+                if let Some(v) = value {
+                    entries.push((key, v));
+                }
+            }
+            map(entries)
+        };
+        vec![
+            map(base()),
+            with(vec![
+                ("since", Some(Ipld::Null)),
+                ("blobs", Some(Ipld::Null)),
+            ]),
+            with(vec![("since", None), ("blobs", None), ("prevData", None)]),
+            with(vec![
+                ("prevData", Some(Ipld::Null)),
+                ("tooBig", Some(Ipld::Bool(true))),
+            ]),
+            with(vec![("seq", Some(Ipld::Integer(-3)))]),
+            with(vec![("ops", Some(Ipld::List(vec![])))]),
+            with(vec![("extra", Some(Ipld::String("kept aside".into())))]),
+            // Left to serde: an unknown key with a map, a float, a missing field, wrong types.
+            with(vec![("extra", Some(map(vec![("a", Ipld::Integer(1))])))]),
+            with(vec![("extra", Some(Ipld::Float(1.5)))]),
+            with(vec![("time", None)]),
+            with(vec![("seq", Some(Ipld::String("1".into())))]),
+            with(vec![("commit", Some(Ipld::Bytes(vec![0, 1])))]),
+            with(vec![("ops", Some(Ipld::List(vec![Ipld::Integer(1)])))]),
+            with(vec![("since", Some(Ipld::Integer(1)))]),
+        ]
+    }
+
+    /// `decode_frame` and the general decoder agree, on success and on failure.
+    fn agree(bytes: &[u8]) {
+        assert_eq!(
+            format!("{:?}", decode_frame(bytes)),
+            format!("{:?}", decode_frame_general(bytes)),
+            "frame {bytes:02x?}"
+        );
+    }
+
+    #[test]
+    fn the_commit_scan_takes_canonical_commits_and_agrees_with_serde() {
+        let bodies = bodies();
+        for (i, body) in bodies.iter().enumerate() {
+            let bytes = frame(&commit_header(), body);
+            assert!(bytes.starts_with(COMMIT_HEADER));
+            let scanned = commit_scan::commit(&bytes[COMMIT_HEADER.len()..]);
+            // The first seven bodies are the scan's; the rest it leaves to serde.
+            assert_eq!(scanned.is_some(), i < 7, "body {i}: {body:?}");
+            if let Some(commit) = scanned {
+                let Ok(Frame::Commit(general)) = decode_frame_general(&bytes) else {
+                    panic!("body {i}: serde refused what the scan took")
+                };
+                assert_eq!(commit, general, "body {i}");
+            }
+            agree(&bytes);
+        }
+    }
+
+    #[test]
+    fn damaged_commits_decode_as_serde_decodes_them() {
+        // Every truncation and single-byte change of every body: the scan either gives what
+        // serde gives or steps aside, so the results (values and errors) are the same.
+        for body in bodies() {
+            let bytes = frame(&commit_header(), &body);
+            for end in 0..bytes.len() {
+                agree(&bytes[..end]);
+            }
+            let mut damaged = bytes.clone();
+            for at in 0..bytes.len() {
+                for flip in [0x01u8, 0x02, 0x20, 0x40, 0x80, 0xff] {
+                    damaged[at] ^= flip;
+                    agree(&damaged);
+                    damaged[at] ^= flip;
+                }
+            }
+            let mut trailing = bytes.clone();
+            trailing.push(0);
+            agree(&trailing);
+        }
+    }
+
+    /// A map encoded with its entries in the order given, canonical or not.
+    fn raw_map(entries: &[(&str, Ipld)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        crate::cbor::write_head(&mut out, 5, entries.len() as u64);
+        for (key, value) in entries {
+            out.extend(encode_cbor(&Ipld::String(key.to_string())).unwrap());
+            out.extend(encode_cbor(value).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn keys_out_of_canonical_order_or_repeated_go_to_serde() {
+        let Ipld::Map(base) = &bodies()[0] else {
+            panic!()
+        };
+        let canonical: Vec<(&str, Ipld)> = {
+            let mut entries: Vec<(&str, Ipld)> =
+                base.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+            entries.sort_by(|a, b| (a.0.len(), a.0).cmp(&(b.0.len(), b.0)));
+            entries
+        };
+        assert_eq!(raw_map(&canonical), encode_cbor(&bodies()[0]).unwrap());
+        assert!(commit_scan::commit(&raw_map(&canonical)).is_some());
+        let mut header = encode_cbor(&commit_header()).unwrap();
+        // `rev` and `seq` swapped: same length, so only the bytes order them.
+        let mut swapped = canonical.clone();
+        let (r, q) = (
+            swapped.iter().position(|e| e.0 == "rev").unwrap(),
+            swapped.iter().position(|e| e.0 == "seq").unwrap(),
+        );
+        swapped.swap(r, q);
+        // `time` (4 bytes) before `ops` (3 bytes): the longer key first.
+        let mut longer_first = canonical.clone();
+        let (t, o) = (
+            longer_first.iter().position(|e| e.0 == "time").unwrap(),
+            longer_first.iter().position(|e| e.0 == "ops").unwrap(),
+        );
+        longer_first.swap(t, o);
+        // `time` twice, side by side.
+        let mut repeated = canonical.clone();
+        let at = repeated.iter().position(|e| e.0 == "time").unwrap();
+        repeated.insert(
+            at + 1,
+            ("time", Ipld::String("2026-01-02T00:00:00.000Z".into())),
+        );
+        for body in [swapped, longer_first, repeated] {
+            let bytes = raw_map(&body);
+            assert!(commit_scan::commit(&bytes).is_none(), "{body:?}");
+            header.truncate(COMMIT_HEADER.len());
+            header.extend(&bytes);
+            agree(&header);
+        }
+    }
+
+    #[test]
+    fn a_non_canonical_commit_goes_to_serde() {
+        // `seq` as a non-minimal integer: 5 in one extra byte. serde reads it; the scan does not.
+        let body = map(vec![("seq", Ipld::Integer(5))]);
+        let canonical = encode_cbor(&body).unwrap();
+        let mut loose = canonical.clone();
+        let at = loose.iter().position(|&b| b == 0x05).unwrap();
+        loose.splice(at..=at, [0x18, 0x05]);
+        assert!(commit_scan::commit(&loose).is_none());
+        let mut bytes = encode_cbor(&commit_header()).unwrap();
+        bytes.extend(&loose);
+        agree(&bytes);
+    }
 }

@@ -156,12 +156,7 @@ fn record_trees_agree_with_ipld_on_every_recorded_block() {
     use skywarden_atproto::data::decode_cbor;
     use skywarden_atproto::frame::{Frame, decode_frame};
     use skywarden_atproto::tree::Tree;
-    let path = format!(
-        "{}/../../testdata/firehose/pds-recording.skwa",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let mut reader =
-        skywarden_ingest::archive::ArchiveReader::open(std::path::Path::new(&path)).unwrap();
+    let mut reader = pds_recording();
     let check = |bytes: &[u8]| {
         let ours = Tree::from_cbor(bytes).map(|t| t.to_ipld());
         let theirs = decode_cbor(bytes);
@@ -185,9 +180,7 @@ fn record_trees_agree_with_ipld_on_every_recorded_block() {
             assert!(check(block));
             blocks += 1;
             // A truncated copy and a copy with one byte changed.
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            xorshift(&mut seed);
             let cut = (seed as usize) % block.len();
             refused += usize::from(!check(&block[..cut]));
             let mut changed = block.to_vec();
@@ -201,4 +194,50 @@ fn record_trees_agree_with_ipld_on_every_recorded_block() {
         refused > damaged / 4,
         "{refused} of {damaged} damaged blocks refused"
     );
+}
+
+/// Every frame of the real PDS recording, and damaged copies of each, decode the same through
+/// `decode_frame` (which reads canonical commits in place) and through serde alone.
+#[test]
+fn recorded_frames_decode_the_same_with_and_without_the_commit_scan() {
+    use skywarden_atproto::frame::{Frame, decode_frame, decode_frame_general};
+    let mut reader = pds_recording();
+    let agree = |bytes: &[u8]| {
+        let fast = format!("{:?}", decode_frame(bytes));
+        assert_eq!(fast, format!("{:?}", decode_frame_general(bytes)));
+    };
+    let (mut frames, mut commits) = (0, 0);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    while let Some(raw) = reader.next_frame().unwrap() {
+        let bytes = &raw.bytes[..];
+        agree(bytes);
+        frames += 1;
+        commits += usize::from(matches!(decode_frame(bytes), Ok(Frame::Commit(_))));
+        for _ in 0..4 {
+            xorshift(&mut seed);
+            let at = (seed as usize) % bytes.len();
+            agree(&bytes[..at]);
+            let mut changed = bytes.to_vec();
+            changed[at] ^= (seed >> 32) as u8 | 1;
+            agree(&changed);
+        }
+    }
+    assert_eq!(frames, 3443);
+    assert!(commits > 3000, "{commits} commits");
+}
+
+/// The bundled recording of a real PDS's firehose, frame by frame.
+fn pds_recording() -> skywarden_ingest::archive::ArchiveReader {
+    let path = format!(
+        "{}/../../testdata/firehose/pds-recording.skwa",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    skywarden_ingest::archive::ArchiveReader::open(std::path::Path::new(&path)).unwrap()
+}
+
+/// A step of a xorshift generator: where to damage the next copy, deterministically.
+fn xorshift(seed: &mut u64) {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
 }
