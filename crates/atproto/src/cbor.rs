@@ -33,6 +33,7 @@ pub(crate) enum ScanError {
 pub(crate) const MAX_DEPTH: usize = 128;
 
 /// Reads the head at `pos`; returns it and the position after it.
+#[inline]
 pub(crate) fn head(bytes: &[u8], pos: usize) -> Result<(Head, usize), ScanError> {
     let first = *bytes.get(pos).ok_or(ScanError::Truncated)?;
     let major = first >> 5;
@@ -162,29 +163,46 @@ pub(crate) struct Key<'b> {
 }
 
 /// Reads the map key at `at`; `previous` is the encoded key before it in the same map.
+#[inline]
 pub(crate) fn map_key<'b>(
     bytes: &'b [u8],
     at: usize,
     previous: Option<&[u8]>,
     depth: usize,
 ) -> Result<Key<'b>, ScanError> {
-    let item = scan_at(bytes, at, depth)?;
-    let is_text = bytes.get(at).map(|b| b >> 5) == Some(3);
-    let text = if is_text {
-        let (_, start, end) = string(bytes, at)?;
-        &bytes[start..end]
-    } else {
-        &[]
-    };
-    let encoded = &bytes[at..item.end];
-    // Canonical order is by encoded length, then bytewise, which for minimal text heads is
-    // the key's length and then its bytes.
-    let in_order = previous.is_none_or(|p| (p.len(), p) < (encoded.len(), encoded));
+    let (h, start) = head(bytes, at)?;
+    if h.major != 3 {
+        // Not text: never canonical, but its end is still needed to go on.
+        let item = scan_at(bytes, at, depth)?;
+        return Ok(Key {
+            text: &[],
+            encoded: &bytes[at..item.end],
+            end: item.end,
+            canonical: false,
+        });
+    }
+    if depth >= MAX_DEPTH {
+        return Err(ScanError::TooDeep);
+    }
+    let end = usize::try_from(h.arg)
+        .ok()
+        .and_then(|n| start.checked_add(n))
+        .filter(|&e| e <= bytes.len())
+        .ok_or(ScanError::Truncated)?;
+    let text = &bytes[start..end];
+    let encoded = &bytes[at..end];
+    // Canonical order is by encoded length, then bytewise.
+    let in_order = previous.is_none_or(|p| match p.len().cmp(&encoded.len()) {
+        std::cmp::Ordering::Less => true,
+        std::cmp::Ordering::Equal => p < encoded,
+        std::cmp::Ordering::Greater => false,
+    });
+    let utf8 = text.is_ascii() || std::str::from_utf8(text).is_ok();
     Ok(Key {
         text,
         encoded,
-        end: item.end,
-        canonical: is_text && item.canonical && in_order,
+        end,
+        canonical: h.minimal && utf8 && in_order,
     })
 }
 

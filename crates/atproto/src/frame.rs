@@ -348,7 +348,7 @@ const COMMIT_HEADER: &[u8] = b"\xa2\x61t\x67#commit\x62op\x01";
 /// rejects it as it always has. So the scan changes speed, never what is accepted.
 mod commit_scan {
     use super::{CommitFrame, RepoOp};
-    use crate::cbor::{Head, head};
+    use crate::cbor::{Head, head, map_key};
     use cid::Cid;
 
     /// A head with the shortest encoding, of major type `major`.
@@ -441,23 +441,13 @@ mod commit_scan {
         mut entry: impl FnMut(&'b [u8], usize) -> Option<usize>,
     ) -> Option<usize> {
         let (h, mut at) = minimal(bytes, at, 5)?;
-        let mut previous: &[u8] = &[];
-        for i in 0..h.arg {
-            let (start, end) = string_of(bytes, at, 3)?;
-            let key = &bytes[start..end];
-            // Canonical order is by encoded length, then bytewise; with minimal heads that is
-            // the text's length, then its bytes.
-            let in_order = i == 0
-                || match previous.len().cmp(&key.len()) {
-                    std::cmp::Ordering::Less => true,
-                    std::cmp::Ordering::Equal => previous < key,
-                    std::cmp::Ordering::Greater => false,
-                };
-            if !in_order || (!key.is_ascii() && std::str::from_utf8(key).is_err()) {
-                return None;
-            }
-            previous = key;
-            at = entry(key, end)?;
+        let mut previous = None;
+        for _ in 0..h.arg {
+            let key = map_key(bytes, at, previous, 1)
+                .ok()
+                .filter(|k| k.canonical)?;
+            previous = Some(key.encoded);
+            at = entry(key.text, key.end)?;
         }
         Some(at)
     }
