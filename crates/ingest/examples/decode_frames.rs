@@ -51,7 +51,13 @@ fn main() {
             let frame = decode_frame(f).expect("valid frame");
             if let Some(event) = frame.to_event(None).expect("valid event") {
                 if let skywarden_atproto::event::EventBody::Commit(c) = &event.body {
-                    records += c.ops.iter().filter(|o| o.record.is_some()).count();
+                    // Records are decoded on first read: read each (the peers decode each),
+                    // and count those that decode to a map.
+                    records += c
+                        .ops
+                        .iter()
+                        .filter(|o| o.record.as_ref().is_some_and(|r| r.value().is_map()))
+                        .count();
                 }
                 black_box(event);
             }
