@@ -70,6 +70,15 @@ pub(crate) fn read_sha256_cid_v1(section: &[u8]) -> Option<(Cid, &[u8])> {
     }
 }
 
+/// The root of the header every commit CAR has, `{roots: [cid], version: 1}` in canonical
+/// DAG-CBOR with a CIDv1/sha2-256 root, matched byte for byte; `None` for any other header,
+/// which is left to the general decoder.
+fn one_root_header(header: &[u8]) -> Option<Cid> {
+    let rest = header.strip_prefix(b"\xa2\x65roots\x81\xd8\x2a\x58\x25\x00")?;
+    let (root, rest) = read_sha256_cid_v1(rest)?;
+    (rest == b"\x67version\x01").then_some(root)
+}
+
 impl<'a> Car<'a> {
     /// Parses a CAR v1 without checking block hashes (see [`Car::verify_all`]).
     pub fn parse(input: &'a [u8]) -> Result<Self, CarError> {
@@ -78,14 +87,20 @@ impl<'a> Car<'a> {
             .checked_add(header_len as usize)
             .filter(|&e| e <= input.len())
             .ok_or(CarError::Truncated(used))?;
-        let header: CarHeader = serde_ipld_dagcbor::from_slice(&input[used..header_end])
-            .map_err(|e| CarError::Header(e.to_string()))?;
-        if header.version != 1 {
-            return Err(CarError::Header(format!(
-                "version {} (only 1 is supported)",
-                header.version
-            )));
-        }
+        let roots = match one_root_header(&input[used..header_end]) {
+            Some(root) => vec![root],
+            None => {
+                let header: CarHeader = serde_ipld_dagcbor::from_slice(&input[used..header_end])
+                    .map_err(|e| CarError::Header(e.to_string()))?;
+                if header.version != 1 {
+                    return Err(CarError::Header(format!(
+                        "version {} (only 1 is supported)",
+                        header.version
+                    )));
+                }
+                header.roots
+            }
+        };
         // A commit carries its signed block, the records and a few MST nodes: one allocation
         // for the usual count instead of growing from empty.
         let mut blocks = Vec::with_capacity(8);
@@ -112,10 +127,7 @@ impl<'a> Car<'a> {
             blocks.push((cid, block));
             pos = end;
         }
-        Ok(Car {
-            roots: header.roots,
-            blocks,
-        })
+        Ok(Car { roots, blocks })
     }
 
     /// The block stored under `cid`, if the CAR carries it.
@@ -202,6 +214,49 @@ mod tests {
             let whole = matches!(Car::parse(&car[..cut]), Ok(c) if !c.blocks.is_empty());
             assert!(!whole, "cut at {cut} still yields the block");
         }
+    }
+
+    #[test]
+    fn the_one_root_header_is_read_as_serde_reads_it() {
+        let root = cid_for_cbor(b"\xa0");
+        let general = |h: &[u8]| {
+            serde_ipld_dagcbor::from_slice::<CarHeader>(h)
+                .ok()
+                .filter(|h| h.version == 1)
+                .map(|h| h.roots)
+        };
+        let car = write_car(&[root], &[]).unwrap();
+        let (len, used) = read_varint(&car).unwrap();
+        let header = &car[used..used + len as usize];
+        assert_eq!(one_root_header(header), Some(root));
+        assert_eq!(general(header), Some(vec![root]));
+        // Every single-byte change: the direct read takes a header only as serde reads it.
+        let mut damaged = header.to_vec();
+        for at in 0..header.len() {
+            for flip in [0x01u8, 0x02, 0x20, 0x80] {
+                damaged[at] ^= flip;
+                if let Some(r) = one_root_header(&damaged) {
+                    assert_eq!(general(&damaged), Some(vec![r]), "at {at} ^ {flip:#x}");
+                }
+                damaged[at] ^= flip;
+            }
+        }
+        // Two roots or another version: left to serde.
+        for (roots, version) in [(vec![root, root], 1u64), (vec![root], 2)] {
+            #[derive(serde::Serialize)]
+            struct Header {
+                roots: Vec<Cid>,
+                version: u64,
+            }
+            let h = crate::data::encode_cbor(&Header { roots, version }).unwrap();
+            assert_eq!(one_root_header(&h), None);
+        }
+        // Any one-byte codec with a sha2-256 digest is read directly.
+        let raw = crate::data::cid_for(0x55, b"x");
+        let car = write_car(&[raw], &[]).unwrap();
+        assert_eq!(Car::parse(&car).unwrap().roots, vec![raw]);
+        let (len, used) = read_varint(&car).unwrap();
+        assert_eq!(one_root_header(&car[used..used + len as usize]), Some(raw));
     }
 
     #[test]
