@@ -30,21 +30,9 @@ fn subject(i: usize) -> SubjectRef {
 
 fn event(kind: &str, subject: &SubjectRef, at: &str, external: String) -> NewModEvent {
     NewModEvent {
-        event_type: format!("tools.ozone.moderation.defs#{kind}"),
-        subject: subject.clone(),
         subject_json: format!(r#"{{"did":"{}"}}"#, subject.did),
-        event_json: format!(r#"{{"$type":"tools.ozone.moderation.defs#{kind}"}}"#),
-        blob_cids: vec![],
-        created_by: "did:plc:benchservice".into(),
-        created_at: at.into(),
-        mod_tool: None,
         external_id: Some(external),
-        comment: None,
-        report_type: None,
-        added_labels: vec![],
-        removed_labels: vec![],
-        added_tags: vec![],
-        removed_tags: vec![],
+        ..NewModEvent::of_kind(kind, subject, "did:plc:benchservice", at)
     }
 }
 

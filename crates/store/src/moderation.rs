@@ -89,6 +89,29 @@ pub struct NewModEvent {
 }
 
 impl NewModEvent {
+    /// An event of one kind (`modEventReport`, ...) and nothing else: the event JSON is only its
+    /// `$type`, with no comment, labels, tags, tool or external id. Callers set the rest.
+    pub fn of_kind(kind: &str, subject: &SubjectRef, created_by: &str, created_at: &str) -> Self {
+        let event_type = format!("tools.ozone.moderation.defs#{kind}");
+        NewModEvent {
+            event_json: serde_json::json!({ "$type": event_type }).to_string(),
+            event_type,
+            subject: subject.clone(),
+            subject_json: "{}".into(),
+            blob_cids: vec![],
+            created_by: created_by.into(),
+            created_at: created_at.into(),
+            mod_tool: None,
+            external_id: None,
+            comment: None,
+            report_type: None,
+            added_labels: vec![],
+            removed_labels: vec![],
+            added_tags: vec![],
+            removed_tags: vec![],
+        }
+    }
+
     /// The `name` of the event's `modTool` (also kept in its own column for filtering).
     /// Only that field is decoded: the rest of the tool's JSON (a rule's explanation and
     /// evidence) is skipped without building values.

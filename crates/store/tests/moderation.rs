@@ -59,23 +59,7 @@ fn record(did: &str, rkey: &str) -> SubjectRef {
 }
 
 fn event(kind: &str, subject: &SubjectRef, by: &str, at: &str) -> NewModEvent {
-    NewModEvent {
-        event_type: format!("tools.ozone.moderation.defs#{kind}"),
-        subject: subject.clone(),
-        subject_json: "{}".into(),
-        event_json: format!(r#"{{"$type":"tools.ozone.moderation.defs#{kind}"}}"#),
-        blob_cids: vec![],
-        created_by: by.into(),
-        created_at: at.into(),
-        mod_tool: None,
-        external_id: None,
-        comment: None,
-        report_type: None,
-        added_labels: vec![],
-        removed_labels: vec![],
-        added_tags: vec![],
-        removed_tags: vec![],
-    }
+    NewModEvent::of_kind(kind, subject, by, at)
 }
 
 /// Writes `status` fields over the current (or a fresh) status.
