@@ -213,6 +213,14 @@ mod wire_cid {
         }
     }
 
+    /// A CID's binary form (without the DAG-CBOR zero prefix), read as frames carry it.
+    pub(super) fn from_bytes(v: &[u8]) -> Result<Cid, cid::Error> {
+        match crate::car::read_sha256_cid_v1(v) {
+            Some((cid, [])) => Ok(cid),
+            _ => Cid::try_from(v),
+        }
+    }
+
     struct Bytes;
 
     impl Visitor<'_> for Bytes {
@@ -223,10 +231,7 @@ mod wire_cid {
         }
 
         fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Cid, E> {
-            match crate::car::read_sha256_cid_v1(v) {
-                Some((cid, [])) => Ok(cid),
-                _ => Cid::try_from(v).map_err(|e| E::custom(format!("bad CID: {e}"))),
-            }
+            from_bytes(v).map_err(|e| E::custom(format!("bad CID: {e}")))
         }
     }
 
@@ -348,7 +353,7 @@ const COMMIT_HEADER: &[u8] = b"\xa2\x61t\x67#commit\x62op\x01";
 /// rejects it as it always has. So the scan changes speed, never what is accepted.
 mod commit_scan {
     use super::{CommitFrame, RepoOp};
-    use crate::cbor::{Head, head, map_key};
+    use crate::cbor::{Head, head, map_key, string};
     use cid::Cid;
 
     /// A head with the shortest encoding, of major type `major`.
@@ -360,9 +365,8 @@ mod commit_scan {
 
     /// The payload range of the string of major type `major` (2 bytes, 3 text) at `at`.
     fn string_of(bytes: &[u8], at: usize, major: u8) -> Option<(usize, usize)> {
-        let (h, start) = minimal(bytes, at, major)?;
-        let end = start.checked_add(usize::try_from(h.arg).ok()?)?;
-        (end <= bytes.len()).then_some((start, end))
+        let (h, start, end) = string(bytes, at).ok()?;
+        (h.major == major && h.minimal).then_some((start, end))
     }
 
     fn int(bytes: &[u8], at: usize) -> Option<(i64, usize)> {
@@ -405,11 +409,7 @@ mod commit_scan {
         }
         let (raw, end) = byte_string(bytes, next)?;
         let raw = raw.strip_prefix(&[0]).filter(|r| !r.is_empty())?;
-        let cid = match crate::car::read_sha256_cid_v1(raw) {
-            Some((cid, [])) => cid,
-            _ => Cid::try_from(raw).ok()?,
-        };
-        Some((cid, end))
+        Some((super::wire_cid::from_bytes(raw).ok()?, end))
     }
 
     /// A CID or null (null reads as an absent key does).
