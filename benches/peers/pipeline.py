@@ -106,8 +106,10 @@ def run(relay_port, events, partitions, profile):
         if time.time() - start > 900:
             sys.exit(f"the sinks did not catch up: {cursors}, last effect {last_effect}")
         time.sleep(0.2)
-    (filed,) = db.execute("SELECT count(*) FROM mod_events").fetchone()
     db.close()
+    queue = sqlite3.connect(f"file:{os.path.join(data, 'moderation.db')}?mode=ro", uri=True, timeout=10)
+    (filed,) = queue.execute("SELECT count(*) FROM mod_events").fetchone()
+    queue.close()
     drained = time.time() - start
     drained_cpu = cpu_seconds(serve.pid)
     rss = peak_rss_mb(serve.pid)

@@ -312,7 +312,7 @@ comment = "links to a watched domain"
         std::thread::sleep(Duration::from_millis(200));
     }
     // Team and set changes are in the audit trail, with who made them.
-    let db = work.join("data/skywarden.db");
+    let db = work.join("data/moderation.db");
     let trail: Vec<(String, String)> = tokio::runtime::Runtime::new().unwrap().block_on(async {
         let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
             .await

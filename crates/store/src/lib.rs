@@ -1,5 +1,6 @@
 //! Persistence for skywarden, behind one type per concern: the embedded default is SQLite in
-//! the data directory (`skywarden.db`, WAL journal).
+//! the data directory (`skywarden.db` for the engine and labels, `moderation.db` for the
+//! moderation queue; WAL journal).
 //!
 //! What lives here, and the guarantees the engine builds on:
 //!
@@ -95,10 +96,19 @@ CREATE TABLE IF NOT EXISTS sink_cursors (
 );
 "#;
 
-/// A pool on `dir`'s `skywarden.db`: WAL checkpointed every 8192 pages, `synchronous=NORMAL`,
-/// 10 s busy timeout, statement journals in memory, a 16 MB page cache per connection.
+/// The engine's database in the data directory: effect log, state, checkpoints, labels.
+pub const ENGINE_DB: &str = "skywarden.db";
+
+/// A pool on `dir`'s [`ENGINE_DB`] (see [`open_pool_file`]).
 pub(crate) async fn open_pool(dir: &Path, connections: u32) -> Result<SqlitePool> {
-    let path = dir.join("skywarden.db");
+    open_pool_file(dir, ENGINE_DB, connections).await
+}
+
+/// A pool on the database `file` in `dir`: WAL checkpointed every 8192 pages,
+/// `synchronous=NORMAL`, 10 s busy timeout, statement journals in memory, a 16 MB page cache
+/// per connection.
+pub(crate) async fn open_pool_file(dir: &Path, file: &str, connections: u32) -> Result<SqlitePool> {
+    let path = dir.join(file);
     let options = SqliteConnectOptions::from_str("sqlite:")
         .map_err(err("sqlite options"))?
         .filename(&path)

@@ -1833,21 +1833,70 @@ macro_rules! mod_store {
     };
 }
 
-/// Moderation in SQLite (the embedded default), in `skywarden.db`.
+/// The moderation queue's own database in the data directory.
+///
+/// Its own file, not a table set in [`crate::ENGINE_DB`]: SQLite has one writer and one WAL per
+/// file, and a connection drops its page cache whenever another connection has committed to
+/// the file. Sharing the file, the engine's effect writer (a commit every 50 ms) and the queue's
+/// filing passes emptied each other's caches and waited on each other's write lock.
+pub const MODERATION_DB: &str = "moderation.db";
+
+/// Moderation in SQLite (the embedded default), in [`MODERATION_DB`].
 #[derive(Debug, Clone)]
 pub struct SqliteModStore {
     pool: sqlx::SqlitePool,
 }
 
 impl SqliteModStore {
-    /// The moderation store in `dir`'s `skywarden.db`, with connections of its own.
+    /// The moderation store in `dir`, with connections of its own: [`MODERATION_DB`], or
+    /// [`crate::ENGINE_DB`] for a data directory whose queue is already there (the layout
+    /// before the queue had a file of its own), so that no queue is left behind.
     pub async fn open(dir: &std::path::Path, connections: u32) -> Result<SqliteModStore> {
-        Self::with_pool(crate::open_pool(dir, connections).await?).await
+        let file = Self::file_in(dir).await?;
+        if file == crate::ENGINE_DB {
+            tracing::info!(
+                "the moderation queue is in {} (data directory {}), where earlier versions kept it",
+                crate::ENGINE_DB,
+                dir.display()
+            );
+        }
+        Self::with_pool(crate::open_pool_file(dir, file, connections).await?).await
+    }
+
+    /// Which file of `dir` holds (or will hold) the moderation store.
+    pub async fn file_in(dir: &std::path::Path) -> Result<&'static str> {
+        let engine = dir.join(crate::ENGINE_DB);
+        if dir.join(MODERATION_DB).exists() || !engine.exists() {
+            return Ok(MODERATION_DB);
+        }
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&engine)
+            .read_only(true);
+        let mut conn = sqlx::ConnectOptions::connect(&options)
+            .await
+            .map_err(err(format!("opening {}", engine.display())))?;
+        let legacy: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mod_events'",
+        )
+        .fetch_optional(&mut conn)
+        .await
+        .map_err(err(format!("reading {}", engine.display())))?;
+        let _ = sqlx::Connection::close(conn).await;
+        Ok(if legacy.is_some() {
+            crate::ENGINE_DB
+        } else {
+            MODERATION_DB
+        })
     }
 
     /// The moderation store in `store`'s database, sharing its connections.
     pub async fn new(store: &crate::Store) -> Result<SqliteModStore> {
         Self::with_pool(store.pool.clone()).await
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
     }
 
     async fn with_pool(pool: sqlx::SqlitePool) -> Result<SqliteModStore> {

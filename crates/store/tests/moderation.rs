@@ -1041,3 +1041,62 @@ async fn an_event_sink_reads_only_what_it_selects(store: Arc<dyn ModStore>) {
     assert_eq!(page_ids(&all), [ids[4], ids[5]]);
 }
 both!(an_event_sink_reads_only_what_it_selects);
+
+/// A new data directory keeps the queue in `moderation.db`; one whose queue an earlier version
+/// kept in `skywarden.db` goes on using it, so no queue is left behind on upgrade.
+#[tokio::test]
+async fn the_queue_has_its_own_file_unless_it_is_already_in_the_engines() {
+    use skywarden_store::ENGINE_DB;
+    use skywarden_store::moderation::MODERATION_DB;
+    let member = Member {
+        did: "did:plc:mod".into(),
+        role: "tools.ozone.team.defs#roleModerator".into(),
+        disabled: false,
+        created_at: at(1),
+        updated_at: at(1),
+        last_updated_by: "did:plc:admin".into(),
+    };
+    let has_queue = |path: std::path::PathBuf| async move {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", path.display()))
+            .await
+            .unwrap();
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mod_events'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        found.is_some()
+    };
+
+    // New: the engine's database and the queue's are two files.
+    let fresh = std::env::temp_dir().join(common::unique("skywarden-modfile"));
+    std::fs::create_dir_all(&fresh).unwrap();
+    let engine = Store::open(&fresh).await.unwrap();
+    let queue = SqliteModStore::open(&fresh, 1).await.unwrap();
+    assert!(queue.add_member(&member).await.unwrap());
+    queue.close().await;
+    engine.close().await;
+    assert!(has_queue(fresh.join(MODERATION_DB)).await);
+    assert!(!has_queue(fresh.join(ENGINE_DB)).await);
+    assert_eq!(
+        SqliteModStore::file_in(&fresh).await.unwrap(),
+        MODERATION_DB
+    );
+    std::fs::remove_dir_all(&fresh).unwrap();
+
+    // Earlier layout: the queue's tables in skywarden.db stay where they are.
+    let legacy = std::env::temp_dir().join(common::unique("skywarden-modfile"));
+    std::fs::create_dir_all(&legacy).unwrap();
+    let engine = Store::open(&legacy).await.unwrap();
+    let shared = SqliteModStore::new(&engine).await.unwrap();
+    assert!(shared.add_member(&member).await.unwrap());
+    engine.close().await;
+    assert_eq!(SqliteModStore::file_in(&legacy).await.unwrap(), ENGINE_DB);
+    let reopened = SqliteModStore::open(&legacy, 1).await.unwrap();
+    assert_eq!(reopened.member("did:plc:mod").await.unwrap(), Some(member));
+    reopened.close().await;
+    assert!(!legacy.join(MODERATION_DB).exists());
+    std::fs::remove_dir_all(&legacy).unwrap();
+}
