@@ -380,13 +380,14 @@ impl Network {
         let time = self.time;
         let a = &mut self.accounts[i];
         // Busy accounts prune their oldest record in the same commit, keeping repos at most
-        // MAX_RECORDS (each commit rebuilds the repo's MST).
+        // MAX_RECORDS.
         let grows = changes
             .iter()
             .any(|c| matches!(c, Change::Put { path, .. } if !a.repo.contains(path)));
         if grows && a.repo.len() >= MAX_RECORDS {
-            let oldest = (0..a.repo.len())
-                .filter_map(|n| a.repo.nth_path(n))
+            let oldest = a
+                .repo
+                .paths()
                 .find(|p| !p.starts_with("app.bsky.actor.profile"))
                 .map(str::to_string);
             if let Some(path) = oldest {
@@ -449,11 +450,9 @@ impl Network {
         self.ensure_created(j);
         let found = {
             let repo = &self.accounts[j].repo;
-            (0..repo.len()).find_map(|n| {
-                let p = repo.nth_path(n)?;
-                p.starts_with("app.bsky.feed.post/")
-                    .then(|| (p.to_string(), repo.cid(p).expect("present")))
-            })
+            repo.paths_in("app.bsky.feed.post")
+                .next()
+                .map(|p| (p.to_string(), repo.cid(p).expect("present")))
         };
         let (path, cid) = match found {
             Some(x) => x,

@@ -6,8 +6,8 @@ use serde::Serialize;
 use skywarden_atproto::car::write_car;
 use skywarden_atproto::crypto::SigningKey;
 use skywarden_atproto::data::{Ipld, cid_for_cbor, encode_cbor};
-use skywarden_atproto::mst::root_cid;
-use std::collections::{BTreeMap, HashSet};
+use skywarden_atproto::mst::Mst;
+use std::collections::HashSet;
 
 /// A change to one record.
 #[derive(Debug, Clone)]
@@ -26,13 +26,12 @@ pub enum Change {
     },
 }
 
-/// A repo: its records' CIDs by path, its MST node blocks, its last commit.
+/// A repo: its records' CIDs by path in an MST, its last commit.
 #[derive(Debug)]
 pub struct Repo {
     /// The account's DID.
     pub did: String,
-    records: BTreeMap<String, Cid>,
-    nodes: HashSet<Cid>,
+    records: Mst,
     data: Option<Cid>,
     /// The last commit's revision.
     pub rev: Option<String>,
@@ -91,58 +90,12 @@ pub struct CommitOutput {
     pub blobs: Vec<Cid>,
 }
 
-#[derive(serde::Deserialize)]
-struct NodeIn {
-    e: Vec<EntryIn>,
-    l: Option<Cid>,
-}
-
-#[derive(serde::Deserialize)]
-struct EntryIn {
-    #[serde(with = "serde_bytes")]
-    k: Vec<u8>,
-    p: usize,
-    t: Option<Cid>,
-}
-
-/// The nodes a lookup of `key` visits, from `root` down.
-fn search_path(nodes: &std::collections::HashMap<Cid, Vec<u8>>, root: Cid, key: &[u8]) -> Vec<Cid> {
-    let mut path = Vec::new();
-    let mut at = Some(root);
-    while let Some(cid) = at.take() {
-        let Some(bytes) = nodes.get(&cid) else { break };
-        path.push(cid);
-        let Ok(node) = serde_ipld_dagcbor::from_slice::<NodeIn>(bytes) else {
-            break;
-        };
-        // Descend into the gap where `key` falls, unless an entry holds it.
-        let mut below = node.l;
-        let mut previous: Vec<u8> = Vec::new();
-        for entry in &node.e {
-            let mut full = previous[..entry.p.min(previous.len())].to_vec();
-            full.extend_from_slice(&entry.k);
-            match key.cmp(&full[..]) {
-                std::cmp::Ordering::Less => break,
-                std::cmp::Ordering::Equal => {
-                    below = None;
-                    break;
-                }
-                std::cmp::Ordering::Greater => below = entry.t,
-            }
-            previous = full;
-        }
-        at = below;
-    }
-    path
-}
-
 impl Repo {
     /// An empty repo.
     pub fn new(did: String) -> Repo {
         Repo {
             did,
-            records: BTreeMap::new(),
-            nodes: HashSet::new(),
+            records: Mst::new(),
             data: None,
             rev: None,
         }
@@ -160,17 +113,30 @@ impl Repo {
 
     /// Whether `path` exists.
     pub fn contains(&self, path: &str) -> bool {
-        self.records.contains_key(path)
+        self.records.get(path.as_bytes()).is_some()
     }
 
     /// The CID of the record at `path`.
     pub fn cid(&self, path: &str) -> Option<Cid> {
-        self.records.get(path).copied()
+        self.records.get(path.as_bytes())
+    }
+
+    /// The paths, in key order.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.records.keys().map(as_path)
+    }
+
+    /// The paths in `collection`, in key order.
+    pub fn paths_in<'a>(&'a self, collection: &'a str) -> impl Iterator<Item = &'a str> {
+        self.records
+            .keys_with_prefix(collection.as_bytes())
+            .filter(move |k| k.get(collection.len()) == Some(&b'/'))
+            .map(as_path)
     }
 
     /// The `n`-th path in key order (for picking a record to update or delete).
     pub fn nth_path(&self, n: usize) -> Option<&str> {
-        self.records.keys().nth(n).map(String::as_str)
+        self.paths().nth(n)
     }
 
     /// Applies `changes` as one commit at revision `rev`, signed with `key`.
@@ -188,7 +154,7 @@ impl Repo {
                 Change::Put { path, record } => {
                     let bytes = encode_cbor(record).expect("records are valid data");
                     let cid = cid_for_cbor(&bytes);
-                    let prev = self.records.insert(path.clone(), cid);
+                    let prev = self.records.insert(path.clone().into_bytes(), cid);
                     new_blocks.push((cid, bytes));
                     ops.push(FrameOp {
                         action: if prev.is_some() { "update" } else { "create" },
@@ -198,7 +164,7 @@ impl Repo {
                     });
                 }
                 Change::Delete { path } => {
-                    let prev = self.records.remove(path);
+                    let prev = self.records.remove(path.as_bytes());
                     ops.push(FrameOp {
                         action: "delete",
                         path: path.clone(),
@@ -208,29 +174,26 @@ impl Repo {
                 }
             }
         }
-        let entries: Vec<(Vec<u8>, Cid)> = self
-            .records
-            .iter()
-            .map(|(k, v)| (k.as_bytes().to_vec(), *v))
-            .collect();
-        let mut tree = Vec::new();
-        let data = root_cid(&entries, &mut tree).expect("MST nodes encode");
-        let nodes: HashSet<Cid> = tree.iter().map(|(c, _)| *c).collect();
         // The blocks a PDS sends: the nodes that are new in this tree, and every node on the
         // search path of each op's key, changed or not, so that a consumer can prove each op
-        // (a delete's absence, too) from the signed root.
-        // (In the tree's order, not the map's: the same seed must give the same bytes.)
+        // (a delete's absence, too) from the signed root. In the tree's order, so that the
+        // same seed gives the same bytes.
         let mut sent: HashSet<Cid> = HashSet::new();
-        for (cid, bytes) in &tree {
-            if !self.nodes.contains(cid) && sent.insert(*cid) {
-                new_blocks.push((*cid, bytes.clone()));
+        let mut fresh = Vec::new();
+        let data = self
+            .records
+            .update_root(&mut fresh)
+            .expect("MST nodes encode");
+        for (cid, bytes) in fresh {
+            if sent.insert(cid) {
+                new_blocks.push((cid, bytes));
             }
         }
-        let by_cid: std::collections::HashMap<Cid, Vec<u8>> = tree.into_iter().collect();
         for op in &ops {
-            for cid in search_path(&by_cid, data, op.path.as_bytes()) {
+            for cid in self.records.path(op.path.as_bytes()) {
                 if sent.insert(cid) {
-                    new_blocks.push((cid, by_cid[&cid].clone()));
+                    let bytes = self.records.block(&cid).expect("a node of the tree");
+                    new_blocks.push((cid, bytes.to_vec()));
                 }
             }
         }
@@ -255,7 +218,6 @@ impl Repo {
         new_blocks.insert(0, (commit, commit_bytes));
         let blocks = write_car(&[commit], &new_blocks).expect("CAR encodes");
         let prev_data = self.data.replace(data);
-        self.nodes = nodes;
         let since = self.rev.replace(rev.clone());
         CommitOutput {
             commit,
@@ -267,4 +229,9 @@ impl Repo {
             blobs,
         }
     }
+}
+
+/// A repo path from an MST key (the repo writes only `collection/rkey` strings).
+fn as_path(key: &[u8]) -> &str {
+    std::str::from_utf8(key).expect("repo paths are UTF-8")
 }
