@@ -139,10 +139,23 @@ pub struct Mst {
     layers: Vec<BTreeSet<Vec<u8>>>,
     /// The encoded nodes of the current tree by span.
     nodes: HashMap<Span, Cid>,
-    /// Node blocks of the current tree, with the number of spans naming each.
-    blocks: HashMap<Cid, (Vec<u8>, u32)>,
-    /// Nodes whose spans a change made stale, dropped from `blocks` at the next update.
+    /// The current tree's nodes, with the number of spans naming each (the blocks themselves
+    /// are not kept: a commit sends only the nodes it re-encodes).
+    refs: HashMap<Cid, u32>,
+    /// Nodes whose spans a change made stale, dropped from `refs` at the next update.
     stale: Vec<Cid>,
+}
+
+/// A node [`Mst::update_root`] encoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    /// The node's CID.
+    pub cid: Cid,
+    /// The node block.
+    pub bytes: Vec<u8>,
+    /// Whether the node was not in the tree at the update before (a node can come back
+    /// unchanged when a value is put back as it was).
+    pub new: bool,
 }
 
 impl Mst {
@@ -208,36 +221,31 @@ impl Mst {
         self.leaves.remove(key).map(|(cid, _)| cid)
     }
 
-    /// The root CID of the tree as it is now. Re-encodes the nodes changes made stale and
-    /// appends to `new` those that were not in the tree at the last update (children before
-    /// parents, left to right: the order [`root_cid`] writes them in).
-    pub fn update_root(&mut self, new: &mut Vec<(Cid, Vec<u8>)>) -> Result<Cid, DataError> {
+    /// The root CID of the tree as it is now. Re-encodes the nodes that changes since the
+    /// last update made stale and appends them to `encoded`, children before parents, left to
+    /// right (the order [`root_cid`] writes them in). Every node on the path of a key changed
+    /// since the last update is among them.
+    pub fn update_root(&mut self, encoded: &mut Vec<Encoded>) -> Result<Cid, DataError> {
         let mut fresh = Vec::new();
         let root = self.node(self.top(), None, None, &mut fresh)?;
         for (cid, bytes) in fresh {
-            match self.blocks.get_mut(&cid) {
-                // Unchanged (a value put back as it was): counted once more, not new.
-                Some((_, refs)) => *refs += 1,
-                None => {
-                    new.push((cid, bytes.clone()));
-                    self.blocks.insert(cid, (bytes, 1));
-                }
-            }
+            let refs = self.refs.entry(cid).or_insert(0);
+            *refs += 1;
+            encoded.push(Encoded {
+                cid,
+                bytes,
+                new: *refs == 1,
+            });
         }
         for cid in std::mem::take(&mut self.stale) {
-            if let Some((_, refs)) = self.blocks.get_mut(&cid) {
+            if let Some(refs) = self.refs.get_mut(&cid) {
                 *refs -= 1;
                 if *refs == 0 {
-                    self.blocks.remove(&cid);
+                    self.refs.remove(&cid);
                 }
             }
         }
         Ok(root)
-    }
-
-    /// The block of a node of the tree as of the last [`Mst::update_root`].
-    pub fn block(&self, cid: &Cid) -> Option<&[u8]> {
-        self.blocks.get(cid).map(|(bytes, _)| bytes.as_slice())
     }
 
     /// The nodes a lookup of `key` visits, root first, as of the last [`Mst::update_root`]:
@@ -417,12 +425,12 @@ mod tests {
     }
 
     /// A lookup of `key` from `root` by decoding each node block.
-    fn decoded_path(tree: &Mst, root: Cid, key: &[u8]) -> Vec<Cid> {
+    fn decoded_path(blocks: &HashMap<Cid, Vec<u8>>, root: Cid, key: &[u8]) -> Vec<Cid> {
         let mut path = Vec::new();
         let mut at = Some(root);
         while let Some(cid) = at.take() {
             path.push(cid);
-            let node: NodeIn = serde_ipld_dagcbor::from_slice(tree.block(&cid).unwrap()).unwrap();
+            let node: NodeIn = serde_ipld_dagcbor::from_slice(&blocks[&cid]).unwrap();
             let mut below = node.l;
             let mut previous: Vec<u8> = Vec::new();
             for entry in &node.e {
@@ -448,8 +456,8 @@ mod tests {
     }
 
     /// Random puts and deletes, a few per commit: after every commit the incremental tree has
-    /// the root, the node set and the new blocks a full rebuild gives, and each path ends at
-    /// the key's node.
+    /// the root, the node set and the new blocks a full rebuild gives; paths are the lookups
+    /// the blocks give, and a changed key's path is made of nodes the update encoded.
     #[test]
     fn incremental_updates_match_a_full_rebuild() {
         for seed in 1..=8u64 {
@@ -460,17 +468,23 @@ mod tests {
             // A narrow key space, so keys come back after deletes and values are replaced.
             let keyspace = 40 + seed * 25;
             for commit in 0..250u64 {
+                let mut changed = Vec::new();
                 for _ in 0..=rng.below(3) {
                     let key = format!("app.bsky.feed.post/{:06}", rng.below(keyspace)).into_bytes();
                     if rng.below(3) == 0 {
-                        assert_eq!(tree.remove(&key), reference.remove(&key));
+                        let removed = tree.remove(&key);
+                        assert_eq!(removed, reference.remove(&key));
+                        if removed.is_some() {
+                            changed.push(key);
+                        }
                     } else {
+                        changed.push(key.clone());
                         let v = value(rng.below(5));
                         assert_eq!(tree.insert(key.clone(), v), reference.insert(key, v));
                     }
                 }
-                let mut new = Vec::new();
-                let root = tree.update_root(&mut new).unwrap();
+                let mut encoded = Vec::new();
+                let root = tree.update_root(&mut encoded).unwrap();
                 let entries: Vec<(Vec<u8>, Cid)> =
                     reference.iter().map(|(k, v)| (k.clone(), *v)).collect();
                 let mut all = Vec::new();
@@ -481,11 +495,23 @@ mod tests {
                     .map(|(c, _)| *c)
                     .filter(|c| !previous_nodes.contains(c))
                     .collect();
-                let new: Vec<Cid> = new.iter().map(|(c, _)| *c).collect();
+                let new: Vec<Cid> = encoded.iter().filter(|e| e.new).map(|e| e.cid).collect();
                 assert_eq!(new, expected_new, "seed {seed}, commit {commit}");
-                previous_nodes = all.iter().map(|(c, _)| *c).collect();
-                let held: std::collections::HashSet<Cid> = tree.blocks.keys().copied().collect();
+                let blocks: HashMap<Cid, Vec<u8>> = all.into_iter().collect();
+                for e in &encoded {
+                    assert_eq!(blocks.get(&e.cid), Some(&e.bytes));
+                }
+                previous_nodes = blocks.keys().copied().collect();
+                let held: std::collections::HashSet<Cid> = tree.refs.keys().copied().collect();
                 assert_eq!(held, previous_nodes, "seed {seed}, commit {commit}");
+                for key in &changed {
+                    for cid in tree.path(key) {
+                        assert!(
+                            encoded.iter().any(|e| e.cid == cid),
+                            "seed {seed}, commit {commit}"
+                        );
+                    }
+                }
                 // Paths of keys present and of keys just deleted, against a lookup that
                 // decodes the blocks.
                 for n in 0..6 {
@@ -493,7 +519,7 @@ mod tests {
                     let path = tree.path(&key);
                     assert_eq!(
                         path,
-                        decoded_path(&tree, root, &key),
+                        decoded_path(&blocks, root, &key),
                         "seed {seed}, commit {commit}, lookup {n}"
                     );
                 }

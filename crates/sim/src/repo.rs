@@ -178,22 +178,23 @@ impl Repo {
         // search path of each op's key, changed or not, so that a consumer can prove each op
         // (a delete's absence, too) from the signed root. In the tree's order, so that the
         // same seed gives the same bytes.
-        let mut sent: HashSet<Cid> = HashSet::new();
-        let mut fresh = Vec::new();
+        let mut encoded = Vec::new();
         let data = self
             .records
-            .update_root(&mut fresh)
+            .update_root(&mut encoded)
             .expect("MST nodes encode");
-        for (cid, bytes) in fresh {
-            if sent.insert(cid) {
-                new_blocks.push((cid, bytes));
+        let mut sent: HashSet<Cid> = HashSet::new();
+        for node in encoded.iter().filter(|n| n.new) {
+            if sent.insert(node.cid) {
+                new_blocks.push((node.cid, node.bytes.clone()));
             }
         }
         for op in &ops {
             for cid in self.records.path(op.path.as_bytes()) {
                 if sent.insert(cid) {
-                    let bytes = self.records.block(&cid).expect("a node of the tree");
-                    new_blocks.push((cid, bytes.to_vec()));
+                    // The path of a changed key is re-encoded by the update.
+                    let node = encoded.iter().find(|n| n.cid == cid).expect("re-encoded");
+                    new_blocks.push((cid, node.bytes.clone()));
                 }
             }
         }
