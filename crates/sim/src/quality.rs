@@ -4,6 +4,8 @@
 //! A rule's *precision* is the share of the accounts it acted on that are abusive; a
 //! scenario's *recall* is the share of its accounts that any rule acted on, and its
 //! *time to detection* the time from an account's first abusive frame to its first action.
+//! The same two figures are given per rule within each scenario: which rule finds a scenario,
+//! and how early, is what decides which one to tune or retire.
 
 use crate::Truth;
 use std::collections::{BTreeMap, BTreeSet};
@@ -51,8 +53,28 @@ pub struct ScenarioQuality {
     pub recall: f64,
     /// Median seconds from the first abusive frame to the first action, over detected accounts.
     pub median_seconds_to_detection: Option<f64>,
-    /// Rules that caught at least one of its accounts.
-    pub rules: BTreeSet<String>,
+    /// Per rule that caught at least one of its accounts, by rule name.
+    pub rules: Vec<RuleDetection>,
+}
+
+/// One rule's figures within one scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleDetection {
+    /// The rule.
+    pub rule: String,
+    /// The scenario's accounts this rule acted on.
+    pub detected: usize,
+    /// `detected` over the scenario's accounts.
+    pub recall: f64,
+    /// Median seconds from the first abusive frame to this rule's first action, over the
+    /// accounts it acted on.
+    pub median_seconds_to_detection: Option<f64>,
+}
+
+/// The median of `values` (sorted here), the upper one of an even count.
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied()
 }
 
 /// The whole comparison.
@@ -75,9 +97,9 @@ pub fn subject_account(subject: &str) -> &str {
 pub fn evaluate(truth: &[Truth], actions: &[ActionRow]) -> Quality {
     let by_did: BTreeMap<&str, &Truth> = truth.iter().map(|t| (t.did.as_str(), t)).collect();
     let mut per_rule: BTreeMap<&str, (BTreeSet<String>, BTreeSet<&str>)> = BTreeMap::new();
-    // Per abusive account: the first action on it, and which rules acted.
+    // Per abusive account: the first action on it, and each acting rule's first action.
     let mut first_action: BTreeMap<&str, i64> = BTreeMap::new();
-    let mut caught_by: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut caught_by: BTreeMap<&str, BTreeMap<&str, i64>> = BTreeMap::new();
     for a in actions {
         let account = subject_account(&a.subject);
         let entry = per_rule.entry(a.rule.as_str()).or_default();
@@ -86,10 +108,12 @@ pub fn evaluate(truth: &[Truth], actions: &[ActionRow]) -> Quality {
         if by_did.contains_key(account) {
             let t = first_action.entry(account).or_insert(a.event_time);
             *t = (*t).min(a.event_time);
-            caught_by
+            let t = caught_by
                 .entry(account)
                 .or_default()
-                .insert(a.rule.as_str());
+                .entry(a.rule.as_str())
+                .or_insert(a.event_time);
+            *t = (*t).min(a.event_time);
         }
     }
     let rules = per_rule
@@ -121,22 +145,33 @@ pub fn evaluate(truth: &[Truth], actions: &[ActionRow]) -> Quality {
         .iter()
         .map(|s| {
             let members = by_scenario.get(s).cloned().unwrap_or_default();
+            let delay = |t: &Truth, at: i64| (at - t.first_time).max(0) as f64 / 1e6;
             let mut delays: Vec<f64> = Vec::new();
-            let mut rules = BTreeSet::new();
+            let mut rule_delays: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
             for t in &members {
                 if let Some(at) = first_action.get(t.did.as_str()) {
-                    delays.push((*at - t.first_time).max(0) as f64 / 1e6);
-                    rules.extend(caught_by[t.did.as_str()].iter().map(|r| r.to_string()));
+                    delays.push(delay(t, *at));
+                    for (rule, at) in &caught_by[t.did.as_str()] {
+                        rule_delays.entry(rule).or_default().push(delay(t, *at));
+                    }
                 }
             }
-            delays.sort_by(|a, b| a.total_cmp(b));
+            let of_members = |n: usize| n as f64 / members.len().max(1) as f64;
             ScenarioQuality {
                 scenario: s.to_string(),
                 accounts: members.len(),
                 detected: delays.len(),
-                recall: delays.len() as f64 / members.len().max(1) as f64,
-                median_seconds_to_detection: (!delays.is_empty()).then(|| delays[delays.len() / 2]),
-                rules,
+                recall: of_members(delays.len()),
+                median_seconds_to_detection: median(&mut delays),
+                rules: rule_delays
+                    .into_iter()
+                    .map(|(rule, mut delays)| RuleDetection {
+                        rule: rule.to_string(),
+                        detected: delays.len(),
+                        recall: of_members(delays.len()),
+                        median_seconds_to_detection: median(&mut delays),
+                    })
+                    .collect(),
             }
         })
         .collect();
@@ -144,7 +179,8 @@ pub fn evaluate(truth: &[Truth], actions: &[ActionRow]) -> Quality {
 }
 
 impl Quality {
-    /// A plain-text report: one table per rule, one per scenario.
+    /// A plain-text report: one table per rule, one per scenario, and one per rule within
+    /// each scenario.
     pub fn table(&self) -> String {
         let mut out = String::new();
         out.push_str("rule                                  verbs                     accounts  abusive  precision  caught\n");
@@ -155,25 +191,26 @@ impl Quality {
                 .iter()
                 .map(|(s, n)| format!("{s}:{n}"))
                 .collect();
-            out.push_str(&format!(
-                "{:<37} {:<25} {:>8} {:>8} {:>10.2}  {}\n",
+            let line = format!(
+                "{:<37} {:<25} {:>8} {:>8} {:>10.2}  {}",
                 r.rule,
                 verbs.join(","),
                 r.accounts,
                 r.abusive,
                 r.precision,
                 caught.join(" ")
-            ));
+            );
+            out.push_str(line.trim_end());
+            out.push('\n');
         }
         out.push('\n');
         out.push_str(
             "scenario        accounts  detected  recall  median time to detection  rules\n",
         );
+        let seconds = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{t:.1} s"));
         for s in &self.scenarios {
-            let ttd = s
-                .median_seconds_to_detection
-                .map_or("-".to_string(), |t| format!("{t:.1} s"));
-            let rules: Vec<&str> = s.rules.iter().map(String::as_str).collect();
+            let ttd = seconds(s.median_seconds_to_detection);
+            let rules: Vec<&str> = s.rules.iter().map(|r| r.rule.as_str()).collect();
             out.push_str(&format!(
                 "{:<15} {:>8} {:>9} {:>7.2}  {:>24}  {}\n",
                 s.scenario,
@@ -183,6 +220,20 @@ impl Quality {
                 ttd,
                 rules.join(", ")
             ));
+        }
+        out.push('\n');
+        out.push_str("scenario        rule                                  detected  recall  median time to detection\n");
+        for s in &self.scenarios {
+            for r in &s.rules {
+                out.push_str(&format!(
+                    "{:<15} {:<37} {:>8} {:>7.2}  {:>24}\n",
+                    s.scenario,
+                    r.rule,
+                    r.detected,
+                    r.recall,
+                    seconds(r.median_seconds_to_detection)
+                ));
+            }
         }
         out
     }
@@ -227,11 +278,12 @@ mod tests {
                 act("replies", "at://did:plc:a/app.bsky.feed.post/1", 3_000_000),
                 act("replies", "did:plc:ordinary", 5_000_000),
                 act("links", "at://did:plc:c/app.bsky.feed.post/2", 500_000),
+                act("replies", "did:plc:c", 9_000_000),
             ],
         );
         let replies = q.rules.iter().find(|r| r.rule == "replies").unwrap();
-        assert_eq!((replies.accounts, replies.abusive), (2, 1));
-        assert!((replies.precision - 0.5).abs() < 1e-9);
+        assert_eq!((replies.accounts, replies.abusive), (3, 2));
+        assert!((replies.precision - 2.0 / 3.0).abs() < 1e-9);
         let ring = q
             .scenarios
             .iter()
@@ -243,12 +295,29 @@ mod tests {
             Some(2.0),
             "first action, on a record"
         );
+        assert_eq!(
+            ring.rules,
+            [RuleDetection {
+                rule: "replies".into(),
+                detected: 1,
+                recall: 0.5,
+                median_seconds_to_detection: Some(2.0),
+            }]
+        );
         let links = q
             .scenarios
             .iter()
             .find(|s| s.scenario == "link-spam")
             .unwrap();
         assert_eq!(links.recall, 1.0);
+        assert_eq!(links.median_seconds_to_detection, Some(0.5));
+        // Per rule: each rule's own first action on the account.
+        let per_rule: Vec<(&str, Option<f64>)> = links
+            .rules
+            .iter()
+            .map(|r| (r.rule.as_str(), r.median_seconds_to_detection))
+            .collect();
+        assert_eq!(per_rule, [("links", Some(0.5)), ("replies", Some(9.0))]);
         let churn = q
             .scenarios
             .iter()
@@ -262,6 +331,12 @@ mod tests {
             ),
             (0, 0, None)
         );
-        assert!(q.table().contains("reply-ring"));
+        let table = q.table();
+        assert!(
+            table.lines().any(|l| l.starts_with("link-spam")
+                && l.contains("replies")
+                && l.ends_with("9.0 s")),
+            "{table}"
+        );
     }
 }
