@@ -11,7 +11,7 @@ use skywarden_atproto::data::{Ipld, json_to_ipld};
 use skywarden_atproto::frame::encode_message;
 use skywarden_atproto::syntax::Datetime;
 use skywarden_ingest::synth::{Rng, tid, words};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 /// The DID the default ruleset lists as a protected account (`rules/lists/protected-dids.txt`):
 /// the harassment scenario targets it.
@@ -110,6 +110,8 @@ struct Account {
 pub struct Network {
     config: SimConfig,
     accounts: Vec<Account>,
+    /// Each account's index by DID (the PLC directory looks accounts up per request).
+    by_did: HashMap<String, usize>,
     abusive: Vec<usize>,
     rng: Rng,
     seq: i64,
@@ -234,6 +236,11 @@ impl Network {
             rng: Rng::new(config.seed ^ 0x5eed),
             time: config.start_micros,
             config,
+            by_did: accounts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (a.did.clone(), i))
+                .collect(),
             accounts,
             abusive,
             seq: 0,
@@ -263,7 +270,7 @@ impl Network {
 
     /// The DID document of an account (as a PLC directory serves it), if it exists yet.
     pub fn did_document(&self, did: &str) -> Option<serde_json::Value> {
-        let a = self.accounts.iter().find(|a| a.did == did)?;
+        let a = &self.accounts[*self.by_did.get(did)?];
         a.created?;
         Some(serde_json::json!({
             "@context": ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/multikey/v1"],
@@ -285,7 +292,7 @@ impl Network {
 
     /// The PLC audit log of an account: its creation operation, with the creation time.
     pub fn audit_log(&self, did: &str) -> Option<serde_json::Value> {
-        let a = self.accounts.iter().find(|a| a.did == did)?;
+        let a = &self.accounts[*self.by_did.get(did)?];
         let created = a.created?;
         Some(serde_json::json!([{
             "did": a.did,
