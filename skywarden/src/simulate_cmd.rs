@@ -97,8 +97,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), String> {
         (Some(out), None) => {
             let mut network = Network::new(config);
             let mut w = ArchiveWriter::create(out, Format::Firehose).map_err(|e| e.to_string())?;
-            for _ in 0..args.events {
-                let f = network.next_frame();
+            for f in network.frames(args.events) {
                 w.write(&RawFrame {
                     bytes: f.bytes.into(),
                     received_micros: f.time_micros,

@@ -2,7 +2,7 @@
 //! with Zipf-distributed account activity, injected abuse scenarios with ground truth, and the
 //! `subscribeRepos` frames a PDS would emit for all of it. Deterministic from the seed.
 
-use crate::repo::{Change, CommitOutput, Repo};
+use crate::repo::{Change, FrameOp, Repo, UnsignedCommit};
 use cid::Cid;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -85,6 +85,58 @@ pub struct SimFrame {
     pub time_micros: i64,
 }
 
+/// A frame generated but not yet encoded: a commit waits to be signed, with what signing
+/// needs, so that it can be signed on another thread while the network goes on.
+enum Pending {
+    Ready(SimFrame),
+    Commit(Box<PendingCommit>),
+}
+
+struct PendingCommit {
+    did: String,
+    key: SigningKey,
+    seq: i64,
+    time_micros: i64,
+    commit: UnsignedCommit,
+}
+
+impl Pending {
+    /// Encodes the frame, signing it if it is a commit.
+    fn finish(self) -> SimFrame {
+        let PendingCommit {
+            did,
+            key,
+            seq,
+            time_micros,
+            commit,
+        } = match self {
+            Pending::Ready(frame) => return frame,
+            Pending::Commit(pending) => *pending,
+        };
+        let signed = commit.sign(&key);
+        let time = datetime(time_micros);
+        let body = CommitBody {
+            seq,
+            rebase: false,
+            too_big: false,
+            repo: &did,
+            commit: signed.cid,
+            rev: &commit.rev,
+            since: commit.since.as_deref(),
+            blocks: &signed.car,
+            ops: &commit.ops,
+            blobs: &commit.blobs,
+            prev_data: commit.prev_data,
+            time: &time,
+        };
+        SimFrame {
+            seq,
+            bytes: encode_message("#commit", &body).expect("commit encodes"),
+            time_micros,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     Ordinary,
@@ -116,7 +168,7 @@ pub struct Network {
     rng: Rng,
     seq: i64,
     time: i64,
-    pending: VecDeque<SimFrame>,
+    pending: VecDeque<Pending>,
     truth: Vec<Truth>,
     /// A post of the protected account, once it has one (harassment replies to it).
     protected_post: Option<(String, Cid)>,
@@ -311,11 +363,11 @@ impl Network {
     }
 
     fn push(&mut self, bytes: Vec<u8>, seq: i64) {
-        self.pending.push_back(SimFrame {
+        self.pending.push_back(Pending::Ready(SimFrame {
             seq,
             bytes,
             time_micros: self.time,
-        });
+        }));
     }
 
     /// Queues an `#identity` frame with account `i`'s current handle; returns its `seq`.
@@ -383,7 +435,8 @@ impl Network {
         );
     }
 
-    fn commit(&mut self, i: usize, mut changes: Vec<Change>) -> CommitOutput {
+    /// Queues a commit of `changes` by account `i`; returns its ops.
+    fn commit(&mut self, i: usize, mut changes: Vec<Change>) -> Vec<FrameOp> {
         let time = self.time;
         let a = &mut self.accounts[i];
         // Busy accounts prune their oldest record in the same commit, keeping repos at most
@@ -414,27 +467,19 @@ impl Network {
             })
             .flatten()
             .collect();
-        let out = a.repo.commit(&a.key, rev, &changes, blobs);
-        let did = a.did.clone();
+        let commit = a.repo.commit(rev, &changes, blobs);
+        let ops = commit.ops.clone();
+        let (did, key) = (a.did.clone(), a.key.clone());
         let seq = self.next_seq();
-        let time = datetime(self.time);
-        let body = CommitBody {
-            seq,
-            rebase: false,
-            too_big: false,
-            repo: &did,
-            commit: out.commit,
-            rev: &out.rev,
-            since: out.since.as_deref(),
-            blocks: &out.blocks,
-            ops: &out.ops,
-            blobs: &out.blobs,
-            prev_data: out.prev_data,
-            time: &time,
-        };
-        let bytes = encode_message("#commit", &body).expect("commit encodes");
-        self.push(bytes, seq);
-        out
+        self.pending
+            .push_back(Pending::Commit(Box::new(PendingCommit {
+                did,
+                key,
+                seq,
+                time_micros: self.time,
+                commit,
+            })));
+        ops
     }
 
     fn rkey(&mut self, i: usize) -> String {
@@ -474,7 +519,7 @@ impl Network {
                         record: post_record(&text, self.time, None, None),
                     }],
                 );
-                (path, out.ops[0].cid.expect("created"))
+                (path, out[0].cid.expect("created"))
             }
         };
         (format!("at://{}/{path}", self.accounts[j].did), cid)
@@ -723,8 +768,8 @@ impl Network {
         });
     }
 
-    /// The next frame.
-    pub fn next_frame(&mut self) -> SimFrame {
+    /// Generates events until a frame is queued.
+    fn fill(&mut self) {
         while self.pending.is_empty() {
             self.time += self.config.step_micros;
             // About 4 % of events are abusive, from the scenario accounts in turn.
@@ -742,7 +787,112 @@ impl Network {
                 self.ordinary_event(i);
             }
         }
+    }
+
+    /// The next frame.
+    pub fn next_frame(&mut self) -> SimFrame {
+        self.next_pending().finish()
+    }
+
+    fn next_pending(&mut self) -> Pending {
+        self.fill();
         self.pending.pop_front().expect("not empty")
+    }
+
+    /// The next `n` frames, the same as `n` calls of [`Network::next_frame`]. With more than
+    /// one core, commits are signed on a thread of their own, a batch of [`SIGNING_BATCH`]
+    /// frames behind the generator, so that signing (about half the work) overlaps
+    /// generating and whatever the caller does with the frames.
+    pub fn frames(&mut self, n: u64) -> Frames<'_> {
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let signer = (cores > 1 && n > SIGNING_BATCH).then(|| {
+            let (to_sign, inbox) = std::sync::mpsc::channel::<Vec<Pending>>();
+            let (outbox, signed) = std::sync::mpsc::channel::<Vec<SimFrame>>();
+            std::thread::spawn(move || {
+                for batch in inbox {
+                    let frames = batch.into_iter().map(Pending::finish).collect();
+                    if outbox.send(frames).is_err() {
+                        return;
+                    }
+                }
+            });
+            Signer {
+                to_sign,
+                signed,
+                in_flight: 0,
+            }
+        });
+        Frames {
+            network: self,
+            left: n,
+            ready: Vec::new().into_iter(),
+            signer,
+        }
+    }
+}
+
+/// How many frames [`Network::frames`] generates before signing them together.
+pub const SIGNING_BATCH: u64 = 1024;
+
+/// The frames of [`Network::frames`].
+pub struct Frames<'a> {
+    network: &'a mut Network,
+    /// Frames not yet generated.
+    left: u64,
+    ready: std::vec::IntoIter<SimFrame>,
+    signer: Option<Signer>,
+}
+
+/// The signing thread of [`Frames`]: batches go in order and come back in order.
+struct Signer {
+    to_sign: std::sync::mpsc::Sender<Vec<Pending>>,
+    signed: std::sync::mpsc::Receiver<Vec<SimFrame>>,
+    in_flight: usize,
+}
+
+impl Frames<'_> {
+    /// Generates the next batch of at most [`SIGNING_BATCH`] frames, unsigned.
+    fn generate(&mut self) -> Vec<Pending> {
+        let n = self.left.min(SIGNING_BATCH);
+        self.left -= n;
+        (0..n).map(|_| self.network.next_pending()).collect()
+    }
+}
+
+impl Iterator for Frames<'_> {
+    type Item = SimFrame;
+
+    fn next(&mut self) -> Option<SimFrame> {
+        if let Some(frame) = self.ready.next() {
+            return Some(frame);
+        }
+        if self.signer.is_none() {
+            if self.left == 0 {
+                return None;
+            }
+            self.ready = self
+                .generate()
+                .into_iter()
+                .map(Pending::finish)
+                .collect::<Vec<_>>()
+                .into_iter();
+            return self.ready.next();
+        }
+        // Keep two batches with the signer: one it signs while the next is generated.
+        while self.signer.as_ref().is_some_and(|s| s.in_flight < 2) && self.left > 0 {
+            let batch = self.generate();
+            let signer = self.signer.as_mut().expect("checked");
+            signer.to_sign.send(batch).expect("the signing thread runs");
+            signer.in_flight += 1;
+        }
+        let signer = self.signer.as_mut().expect("checked");
+        if signer.in_flight == 0 {
+            return None;
+        }
+        let frames = signer.signed.recv().expect("the signing thread runs");
+        signer.in_flight -= 1;
+        self.ready = frames.into_iter();
+        self.ready.next()
     }
 }
 

@@ -38,7 +38,7 @@ pub struct Repo {
 }
 
 #[derive(Serialize)]
-struct UnsignedCommit<'a> {
+struct CommitFields<'a> {
     did: &'a str,
     version: i64,
     data: Cid,
@@ -47,7 +47,7 @@ struct UnsignedCommit<'a> {
 }
 
 #[derive(Serialize)]
-struct SignedCommit<'a> {
+struct SignedCommitFields<'a> {
     did: &'a str,
     version: i64,
     data: Cid,
@@ -71,23 +71,68 @@ pub struct FrameOp {
     pub prev: Option<Cid>,
 }
 
-/// What a commit produced: the frame's fields.
+/// A commit whose tree is settled but not yet signed. Signing is most of a commit's cost
+/// and needs nothing of the repo, so a batch of these can be signed on several threads.
 #[derive(Debug, Clone)]
-pub struct CommitOutput {
-    /// CID of the signed commit.
-    pub commit: Cid,
+pub struct UnsignedCommit {
+    did: String,
     /// This revision.
     pub rev: String,
     /// The previous revision.
     pub since: Option<String>,
-    /// CAR bytes: the commit, new MST nodes, new records.
-    pub blocks: Vec<u8>,
+    data: Cid,
     /// The ops.
     pub ops: Vec<FrameOp>,
     /// MST root before the commit.
     pub prev_data: Option<Cid>,
     /// Blobs referenced by new records.
     pub blobs: Vec<Cid>,
+    /// The blocks the CAR carries after the commit: new MST nodes, nodes on the ops' paths,
+    /// new records.
+    blocks: Vec<(Cid, Vec<u8>)>,
+}
+
+/// A signed commit: what the frame carries.
+#[derive(Debug, Clone)]
+pub struct SignedCommit {
+    /// CID of the signed commit block.
+    pub cid: Cid,
+    /// CAR bytes: the commit, then the other blocks.
+    pub car: Vec<u8>,
+}
+
+impl UnsignedCommit {
+    /// Signs the commit with `key` and writes its CAR.
+    pub fn sign(&self, key: &SigningKey) -> SignedCommit {
+        let unsigned = CommitFields {
+            did: &self.did,
+            version: 3,
+            data: self.data,
+            rev: &self.rev,
+            prev: None,
+        };
+        let sig = key.sign(&encode_cbor(&unsigned).expect("commit encodes"));
+        let signed = SignedCommitFields {
+            did: &self.did,
+            version: 3,
+            data: self.data,
+            rev: &self.rev,
+            prev: None,
+            sig: &sig,
+        };
+        let commit_bytes = encode_cbor(&signed).expect("commit encodes");
+        let cid = cid_for_cbor(&commit_bytes);
+        let car = write_car_after(cid, commit_bytes, &self.blocks);
+        SignedCommit { cid, car }
+    }
+}
+
+/// A one-root CAR of `root` (its block first) and `blocks`.
+fn write_car_after(root: Cid, root_bytes: Vec<u8>, blocks: &[(Cid, Vec<u8>)]) -> Vec<u8> {
+    let mut all = Vec::with_capacity(blocks.len() + 1);
+    all.push((root, root_bytes));
+    all.extend(blocks.iter().cloned());
+    write_car(&[root], &all).expect("CAR encodes")
 }
 
 impl Repo {
@@ -139,14 +184,9 @@ impl Repo {
         self.paths().nth(n)
     }
 
-    /// Applies `changes` as one commit at revision `rev`, signed with `key`.
-    pub fn commit(
-        &mut self,
-        key: &SigningKey,
-        rev: String,
-        changes: &[Change],
-        blobs: Vec<Cid>,
-    ) -> CommitOutput {
+    /// Applies `changes` as one commit at revision `rev`, to be signed with
+    /// [`UnsignedCommit::sign`].
+    pub fn commit(&mut self, rev: String, changes: &[Change], blobs: Vec<Cid>) -> UnsignedCommit {
         let mut new_blocks: Vec<(Cid, Vec<u8>)> = Vec::new();
         let mut ops = Vec::with_capacity(changes.len());
         for change in changes {
@@ -198,36 +238,17 @@ impl Repo {
                 }
             }
         }
-        let unsigned = UnsignedCommit {
-            did: &self.did,
-            version: 3,
-            data,
-            rev: &rev,
-            prev: None,
-        };
-        let sig = key.sign(&encode_cbor(&unsigned).expect("commit encodes"));
-        let signed = SignedCommit {
-            did: &self.did,
-            version: 3,
-            data,
-            rev: &rev,
-            prev: None,
-            sig: &sig,
-        };
-        let commit_bytes = encode_cbor(&signed).expect("commit encodes");
-        let commit = cid_for_cbor(&commit_bytes);
-        new_blocks.insert(0, (commit, commit_bytes));
-        let blocks = write_car(&[commit], &new_blocks).expect("CAR encodes");
         let prev_data = self.data.replace(data);
         let since = self.rev.replace(rev.clone());
-        CommitOutput {
-            commit,
+        UnsignedCommit {
+            did: self.did.clone(),
             rev,
             since,
-            blocks,
+            data,
             ops,
             prev_data,
             blobs,
+            blocks: new_blocks,
         }
     }
 }

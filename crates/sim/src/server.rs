@@ -67,14 +67,12 @@ impl SimServer {
         let mut pending = VecDeque::new();
         let mut base = network.seq() + 1;
         if config.rate > 0 && config.pregenerate {
-            for _ in 0..config.events {
-                let f = network.next_frame();
+            for f in network.frames(config.events) {
                 pending.push_back((f.seq, f.time_micros, Bytes::from(f.bytes)));
             }
         }
         if config.rate == 0 {
-            for _ in 0..config.events {
-                let f = network.next_frame();
+            for f in network.frames(config.events) {
                 if frames.is_empty() {
                     base = f.seq;
                 }
@@ -208,11 +206,8 @@ impl SimServer {
             }
             let batch: Vec<(i64, Bytes)> = {
                 let mut net = self.network.lock().expect("network lock");
-                (0..n)
-                    .map(|_| {
-                        let f = net.next_frame();
-                        (f.seq, Bytes::from(f.bytes))
-                    })
+                net.frames(n)
+                    .map(|f| (f.seq, Bytes::from(f.bytes)))
                     .collect()
             };
             self.push(batch);

@@ -38,6 +38,24 @@ fn the_same_seed_gives_the_same_frames() {
     assert!(differs);
 }
 
+/// Frames taken in batches, with commits signed on another thread, are the frames taken one
+/// at a time: same bytes, same order, and the network goes on from the same point.
+#[test]
+fn batched_frames_are_the_frames_one_at_a_time() {
+    use skywarden_sim::network::SIGNING_BATCH;
+    let n = 2 * SIGNING_BATCH + 77;
+    let mut batched = Network::new(config());
+    let mut single = Network::new(config());
+    let frames: Vec<_> = batched.frames(n).collect();
+    assert_eq!(frames.len() as u64, n);
+    for (i, f) in frames.iter().enumerate() {
+        let g = single.next_frame();
+        assert_eq!((f.seq, f.time_micros), (g.seq, g.time_micros), "frame {i}");
+        assert!(f.bytes == g.bytes, "frame {i} differs");
+    }
+    assert_eq!(batched.next_frame().bytes, single.next_frame().bytes);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn served_frames_decode_and_verify_in_the_firehose_source() {
     let network = Network::new(config());
