@@ -17,9 +17,6 @@ use std::collections::{HashMap, VecDeque};
 /// the harassment scenario targets it.
 pub const PROTECTED_DID: &str = "did:plc:protectedtarget00000001";
 
-/// The most records a simulated repo holds.
-pub const MAX_RECORDS: usize = 500;
-
 /// The abuse scenarios, each with its accounts recorded in the ground truth.
 pub const SCENARIOS: [&str; 8] = [
     "greeting-spam",
@@ -436,27 +433,9 @@ impl Network {
     }
 
     /// Queues a commit of `changes` by account `i`; returns its ops.
-    fn commit(&mut self, i: usize, mut changes: Vec<Change>) -> Vec<FrameOp> {
+    fn commit(&mut self, i: usize, changes: Vec<Change>) -> Vec<FrameOp> {
         let time = self.time;
         let a = &mut self.accounts[i];
-        // Busy accounts prune their oldest record in the same commit, keeping repos at most
-        // MAX_RECORDS.
-        let grows = changes
-            .iter()
-            .any(|c| matches!(c, Change::Put { path, .. } if !a.repo.contains(path)));
-        if grows && a.repo.len() >= MAX_RECORDS {
-            let oldest = a
-                .repo
-                .paths()
-                .find(|p| !p.starts_with("app.bsky.actor.profile"))
-                .map(str::to_string);
-            if let Some(path) = oldest {
-                if a.last_follow.as_deref().is_some_and(|r| path.ends_with(r)) {
-                    a.last_follow = None;
-                }
-                changes.push(Change::Delete { path });
-            }
-        }
         a.clock += 1;
         let rev = tid(time, a.clock);
         let blobs = changes
