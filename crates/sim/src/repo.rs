@@ -72,7 +72,7 @@ pub struct FrameOp {
 }
 
 /// A commit whose tree is settled but not yet signed. Signing is most of a commit's cost
-/// and needs nothing of the repo, so a batch of these can be signed on several threads.
+/// and needs nothing of the repo, so it can happen on another thread while the repo goes on.
 #[derive(Debug, Clone)]
 pub struct UnsignedCommit {
     did: String,
