@@ -256,8 +256,7 @@ impl Mst {
         let mut h = self.top();
         loop {
             let (lo, hi) = self.bounds(h + 1, key);
-            let span = (h, lo.map(<[u8]>::to_vec), hi.map(<[u8]>::to_vec));
-            let Some(cid) = self.nodes.get(&span) else {
+            let Some(cid) = self.nodes.get(&span(h, lo, hi)) else {
                 break;
             };
             path.push(*cid);
@@ -296,11 +295,10 @@ impl Mst {
     fn invalidate(&mut self, key: &[u8], height: u32) {
         for h in 0..=self.top().max(height) {
             let (lo, hi) = self.bounds(h + 1, key);
-            let (lo, hi) = (lo.map(<[u8]>::to_vec), hi.map(<[u8]>::to_vec));
             let spans = [
-                (h, lo.clone(), hi.clone()),
-                (h, lo, Some(key.to_vec())),
-                (h, Some(key.to_vec()), hi),
+                span(h, lo, hi),
+                span(h, lo, Some(key)),
+                span(h, Some(key), hi),
             ];
             for span in spans {
                 if let Some(cid) = self.nodes.remove(&span) {
@@ -338,7 +336,7 @@ impl Mst {
         hi: Option<&[u8]>,
         fresh: &mut Vec<(Cid, Vec<u8>)>,
     ) -> Result<Cid, DataError> {
-        let span = (h, lo.map(<[u8]>::to_vec), hi.map(<[u8]>::to_vec));
+        let span = span(h, lo, hi);
         if let Some(cid) = self.nodes.get(&span) {
             return Ok(*cid);
         }
@@ -385,6 +383,11 @@ impl Mst {
         self.nodes.insert(span, cid);
         Ok(cid)
     }
+}
+
+/// The span of the node at height `h` between `lo` and `hi`.
+fn span(h: u32, lo: Option<&[u8]>, hi: Option<&[u8]>) -> Span {
+    (h, lo.map(<[u8]>::to_vec), hi.map(<[u8]>::to_vec))
 }
 
 /// The keys strictly between `lo` and `hi` (`None`: no bound).

@@ -50,18 +50,21 @@ fn common_prefixes() {
     );
 }
 
+/// The strings of a fixture's array field `k`.
+fn strings(v: &serde_json::Value, k: &str) -> Vec<String> {
+    v[k].as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
 #[test]
 fn commit_proof_roots() {
     let vectors = load_json("atproto-interop/firehose/commit-proof-fixtures.json");
     for v in vectors.as_array().unwrap() {
         let leaf = Cid::try_from(v["leafValue"].as_str().unwrap()).unwrap();
-        let strings = |k: &str| -> Vec<String> {
-            v[k].as_array()
-                .unwrap()
-                .iter()
-                .map(|s| s.as_str().unwrap().to_string())
-                .collect()
-        };
+        let strings = |k: &str| strings(v, k);
         let mut keys = strings("keys");
         keys.sort();
         let entries: Vec<(Vec<u8>, Cid)> = keys
@@ -116,13 +119,7 @@ fn commit_proof_roots_incrementally() {
     for v in vectors.as_array().unwrap() {
         let comment = &v["comment"];
         let leaf = Cid::try_from(v["leafValue"].as_str().unwrap()).unwrap();
-        let strings = |k: &str| -> Vec<String> {
-            v[k].as_array()
-                .unwrap()
-                .iter()
-                .map(|s| s.as_str().unwrap().to_string())
-                .collect()
-        };
+        let strings = |k: &str| strings(v, k);
         let mut tree = Mst::new();
         for key in strings("keys") {
             tree.insert(key.into_bytes(), leaf);

@@ -110,20 +110,20 @@ impl Pending {
             Pending::Ready(frame) => return frame,
             Pending::Commit(pending) => *pending,
         };
-        let signed = commit.sign(&key);
+        let c = commit.sign(&key);
         let time = datetime(time_micros);
         let body = CommitBody {
             seq,
             rebase: false,
             too_big: false,
             repo: &did,
-            commit: signed.cid,
-            rev: &commit.rev,
-            since: commit.since.as_deref(),
-            blocks: &signed.car,
-            ops: &commit.ops,
-            blobs: &commit.blobs,
-            prev_data: commit.prev_data,
+            commit: c.cid,
+            rev: &c.rev,
+            since: c.since.as_deref(),
+            blocks: &c.car,
+            ops: &c.ops,
+            blobs: &c.blobs,
+            prev_data: c.prev_data,
             time: &time,
         };
         SimFrame {

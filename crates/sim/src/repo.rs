@@ -99,11 +99,21 @@ pub struct SignedCommit {
     pub cid: Cid,
     /// CAR bytes: the commit, then the other blocks.
     pub car: Vec<u8>,
+    /// This revision.
+    pub rev: String,
+    /// The previous revision.
+    pub since: Option<String>,
+    /// The ops.
+    pub ops: Vec<FrameOp>,
+    /// MST root before the commit.
+    pub prev_data: Option<Cid>,
+    /// Blobs referenced by new records.
+    pub blobs: Vec<Cid>,
 }
 
 impl UnsignedCommit {
     /// Signs the commit with `key` and writes its CAR.
-    pub fn sign(&self, key: &SigningKey) -> SignedCommit {
+    pub fn sign(self, key: &SigningKey) -> SignedCommit {
         let unsigned = CommitFields {
             did: &self.did,
             version: 3,
@@ -122,17 +132,18 @@ impl UnsignedCommit {
         };
         let commit_bytes = encode_cbor(&signed).expect("commit encodes");
         let cid = cid_for_cbor(&commit_bytes);
-        let car = write_car_after(cid, commit_bytes, &self.blocks);
-        SignedCommit { cid, car }
+        let mut blocks = self.blocks;
+        blocks.insert(0, (cid, commit_bytes));
+        SignedCommit {
+            cid,
+            car: write_car(&[cid], &blocks).expect("CAR encodes"),
+            rev: self.rev,
+            since: self.since,
+            ops: self.ops,
+            prev_data: self.prev_data,
+            blobs: self.blobs,
+        }
     }
-}
-
-/// A one-root CAR of `root` (its block first) and `blocks`.
-fn write_car_after(root: Cid, root_bytes: Vec<u8>, blocks: &[(Cid, Vec<u8>)]) -> Vec<u8> {
-    let mut all = Vec::with_capacity(blocks.len() + 1);
-    all.push((root, root_bytes));
-    all.extend(blocks.iter().cloned());
-    write_car(&[root], &all).expect("CAR encodes")
 }
 
 impl Repo {

@@ -917,15 +917,20 @@ async fn closing_an_accounts_records(store: Arc<dyn ModStore>) {
 }
 both!(closing_an_accounts_records);
 
-async fn team_records_and_cursors(store: Arc<dyn ModStore>) {
-    let m = Member {
+/// A moderator added by the admin.
+fn moderator() -> Member {
+    Member {
         did: "did:plc:mod".into(),
         role: "tools.ozone.team.defs#roleModerator".into(),
         disabled: false,
         created_at: at(1),
         updated_at: at(1),
         last_updated_by: "did:plc:admin".into(),
-    };
+    }
+}
+
+async fn team_records_and_cursors(store: Arc<dyn ModStore>) {
+    let m = moderator();
     assert!(store.add_member(&m).await.unwrap());
     assert!(!store.add_member(&m).await.unwrap());
     let mut changed = m.clone();
@@ -1048,14 +1053,7 @@ both!(an_event_sink_reads_only_what_it_selects);
 async fn the_queue_has_its_own_file_unless_it_is_already_in_the_engines() {
     use skywarden_store::ENGINE_DB;
     use skywarden_store::moderation::MODERATION_DB;
-    let member = Member {
-        did: "did:plc:mod".into(),
-        role: "tools.ozone.team.defs#roleModerator".into(),
-        disabled: false,
-        created_at: at(1),
-        updated_at: at(1),
-        last_updated_by: "did:plc:admin".into(),
-    };
+    let member = moderator();
     let has_queue = |path: std::path::PathBuf| async move {
         let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", path.display()))
             .await
