@@ -15,6 +15,7 @@ printed; every run prints CPU time by thread.
 
     cargo build --release -p skywarden
     python3 benches/peers/pipeline.py [--events 100000] [--accounts 10000] [--profile]
+        [--no-abuse] [--rules DIR] [--partitions 1 2]
 """
 
 import argparse
@@ -65,13 +66,13 @@ def thread_cpu(pid):
     return sorted(by_name.items(), key=lambda kv: -kv[1])
 
 
-def run(relay_port, events, partitions, profile):
+def run(relay_port, events, partitions, profile, rules):
     data = tempfile.mkdtemp(prefix="skywarden-pipeline-")
     http = free_port()
     serve = subprocess.Popen(
         [BIN, "serve", "--relay", f"ws://127.0.0.1:{relay_port}", "--cursor", "0",
          "--data-dir", data, "--listen", f"127.0.0.1:{http}", "--partitions", str(partitions),
-         "--labeler", "true"],
+         "--labeler", "true"] + (["--rules", rules] if rules else []),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     perf = None
     if profile:
@@ -149,6 +150,10 @@ def main():
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--accounts", type=int, default=10_000)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--no-abuse", action="store_true",
+                    help="ordinary traffic only: the simulator injects no abuse scenarios")
+    ap.add_argument("--rules", help="a rules directory instead of the default ruleset")
+    ap.add_argument("--partitions", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args()
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release -p skywarden")
@@ -158,14 +163,14 @@ def main():
     # boundary splits the rules' hourly windows and fires differently from the next run.
     sim = subprocess.Popen([BIN, "simulate", "--seed", "7", "--accounts", str(args.accounts),
                             "--events", str(args.events), "--rate", "0", "--start", "2026-01-01T00:00:00Z",
-                            "--listen", f"127.0.0.1:{relay}"],
+                            "--listen", f"127.0.0.1:{relay}"] + (["--no-abuse"] if args.no_abuse else []),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(relay, 900)
         print(f"simulator: {args.events} frames from {args.accounts} accounts generated in {time.time() - t0:.0f} s; "
               f"{os.cpu_count()} cores")
-        for partitions in (1, 2):
-            run(relay, args.events, partitions, args.profile and partitions == 1)
+        for partitions in args.partitions:
+            run(relay, args.events, partitions, args.profile and partitions == args.partitions[0], args.rules)
     finally:
         sim.kill()
 

@@ -11,7 +11,7 @@
 
 use skywarden_atproto::event::{Event, EventBody};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 /// Why an event was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +46,28 @@ struct RepoState {
 #[derive(Debug, Default)]
 pub struct StreamGuard {
     last_cursor: Option<i64>,
-    repos: HashMap<u64, RepoState>,
+    repos: HashMap<u64, RepoState, BuildHasherDefault<Prehashed>>,
     hasher: std::collections::hash_map::RandomState,
+}
+
+/// The map's hasher: its keys are already keyed SipHashes of DIDs, so they are used as they
+/// are instead of being hashed a second time.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by the map; fold anything else in for completeness.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// Orders revs: TIDs sort as strings (their base32 alphabet is in ASCII order), so a rev of up to

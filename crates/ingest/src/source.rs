@@ -85,7 +85,13 @@ pub struct Source {
     guard: StreamGuard,
     metrics: Arc<SourceMetrics>,
     config: SourceConfig,
+    /// Receive time of the frame the lag gauge was last computed from.
+    lag_received_micros: i64,
 }
+
+/// The lag gauge is recomputed at most once per this much receive time (parsing each event's
+/// datetime for it would cost more than the gauge is worth).
+const LAG_EVERY_MICROS: i64 = 1_000;
 
 impl Source {
     /// A firehose source for the host at `base` (`wss://bsky.network`).
@@ -148,6 +154,7 @@ impl Source {
             format,
             resume_cursor: config.cursor,
             guard: StreamGuard::resuming_after(config.cursor),
+            lag_received_micros: i64::MIN,
             metrics,
             config,
         }
@@ -335,7 +342,7 @@ impl Source {
             .map_err(|e| format!("{} seq {:?}: {e}", frame.kind(), frame.seq()))
     }
 
-    fn account(&self, event: &Event, raw: &RawFrame) {
+    fn account(&mut self, event: &Event, raw: &RawFrame) {
         self.metrics.events.fetch_add(1, Relaxed);
         self.metrics.last_cursor.store(event.cursor, Relaxed);
         if let EventBody::Commit(c) = &event.body
@@ -344,8 +351,10 @@ impl Source {
             self.metrics.signatures_verified.fetch_add(1, Relaxed);
         }
         if raw.received_micros > 0
+            && raw.received_micros.saturating_sub(self.lag_received_micros) >= LAG_EVERY_MICROS
             && let Ok(t) = skywarden_atproto::syntax::Datetime::parse_micros(&event.time)
         {
+            self.lag_received_micros = raw.received_micros;
             self.metrics
                 .lag_micros
                 .store(raw.received_micros - t, Relaxed);
