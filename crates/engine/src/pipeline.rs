@@ -512,7 +512,8 @@ fn snapshot_name(config: &EngineConfig, what: &str) -> String {
     format!("{}/{what}", config.source_name)
 }
 
-/// The partition of a DID: stable across runs (FNV-1a).
+/// The partition of a DID among `partitions` (also the account-state shard among that many
+/// shards): stable across runs (FNV-1a).
 pub fn partition_of(did: &str, partitions: usize) -> usize {
     let h = did.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)

@@ -221,10 +221,7 @@ impl Accounts {
     }
 
     fn shard(&self, did: &str) -> &Mutex<HashMap<String, AccountState>> {
-        let h = did.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        });
-        &self.shards[(h % self.shards.len() as u64) as usize]
+        &self.shards[crate::pipeline::partition_of(did, self.shards.len())]
     }
 
     /// Records `event` in its author's state and returns the account as rules see it: as it
