@@ -126,6 +126,45 @@ const EVALUATION_SAMPLE: usize = 16;
 /// Events dispatched between two reads of the clock in the source loop.
 const CLOCK_EVERY: u32 = 64;
 
+/// The source loop's clock, read once per run of ready events instead of per event: again
+/// after `CLOCK_EVERY` dispatches, and after every wait (`expire`). Dispatch stamps are then at
+/// most that many events early, which saturated is tens of microseconds against latencies in
+/// milliseconds.
+struct CoarseClock {
+    now: Instant,
+    uses: u32,
+}
+
+impl CoarseClock {
+    fn new() -> Self {
+        CoarseClock {
+            now: Instant::now(),
+            uses: 0,
+        }
+    }
+
+    /// The time, read again if the last reading is used up.
+    fn now(&mut self) -> Instant {
+        if self.uses >= CLOCK_EVERY {
+            self.now = Instant::now();
+            self.uses = 0;
+        }
+        self.now
+    }
+
+    /// The stamp for a dispatched event, and whether the clock was just read.
+    fn stamp(&mut self) -> (Instant, bool) {
+        let now = self.now();
+        self.uses += 1;
+        (now, self.uses == 1)
+    }
+
+    /// The next reading comes from the clock: the loop waited.
+    fn expire(&mut self) {
+        self.uses = CLOCK_EVERY;
+    }
+}
+
 struct Envelope {
     event: Event,
     dispatched: Instant,
@@ -304,21 +343,13 @@ impl Engine {
         // The checkpoint is the cursor of the last dispatched event: everything up to it is
         // durable at a barrier.
         let mut last_cursor = self.cursor;
-        // The clock is read once per run of ready events, not per event: refreshed every
-        // `CLOCK_EVERY` events and after every wait. Dispatch stamps are then at most that many
-        // events early, which saturated is tens of microseconds against latencies in
-        // milliseconds; checkpoint timing and shutdown are checked at the same points.
-        let mut clock = Instant::now();
-        let mut clock_age = 0u32;
+        // Checkpoint timing and shutdown are checked when the clock is read.
+        let mut clock = CoarseClock::new();
         let result: Result<(), EngineError> = async {
             loop {
-                if clock_age >= CLOCK_EVERY {
-                    clock = Instant::now();
-                    clock_age = 0;
-                }
                 let due = since_checkpoint >= self.config.checkpoint_events
                     || (since_checkpoint > 0
-                        && clock.duration_since(last_checkpoint)
+                        && clock.now().duration_since(last_checkpoint)
                             >= self.config.checkpoint_interval)
                     || self.rules.reload_pending();
                 if due {
@@ -333,13 +364,13 @@ impl Engine {
                     }
                     since_checkpoint = 0;
                     last_checkpoint = Instant::now();
-                    clock = last_checkpoint;
+                    clock.expire();
                 }
                 // Fast path: an event is ready. Otherwise send what is batched, then wait.
                 let next = match events.next().now_or_never() {
                     Some(next) => Some(next.transpose()?),
                     None => {
-                        clock_age = CLOCK_EVERY;
+                        clock.expire();
                         flush(&queues, &mut batches).await?;
                         tokio::select! {
                             biased;
@@ -360,11 +391,7 @@ impl Engine {
                     break;
                 };
                 last_cursor = Some(event.cursor);
-                if clock_age >= CLOCK_EVERY {
-                    clock = Instant::now();
-                    clock_age = 0;
-                }
-                clock_age += 1;
+                let (dispatched, clock_read) = clock.stamp();
                 let p = partition_of(&event.did, partitions);
                 live.dispatched[p].fetch_add(1, Relaxed);
                 dispatched_total += 1;
@@ -372,7 +399,7 @@ impl Engine {
                 summary.events += 1;
                 batches[p].push(Envelope {
                     event,
-                    dispatched: clock,
+                    dispatched,
                 });
                 if batches[p].len() >= batch_size {
                     let full = std::mem::replace(&mut batches[p], Vec::with_capacity(batch_size));
@@ -380,7 +407,7 @@ impl Engine {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(full)) => {
                             // Waiting for the worker: the next event's stamp needs a new clock.
-                            clock_age = CLOCK_EVERY;
+                            clock.expire();
                             if queues[p].send(full).await.is_err() {
                                 return Err(EngineError::Restore("a worker stopped".into()));
                             }
@@ -390,7 +417,7 @@ impl Engine {
                         }
                     }
                 }
-                if clock_age == 1 && *shutdown.borrow() {
+                if clock_read && *shutdown.borrow() {
                     break;
                 }
             }
