@@ -305,11 +305,13 @@ async fn backtest(
         let now = Datetime::new(&event.time)
             .map(|d| d.timestamp_micros())
             .unwrap_or_else(|_| skywarden_ingest::now_micros());
-        let account = seen.entry(event.did.clone()).or_insert_with(|| Account {
-            first_seen: Some(now),
-            first_event: true,
-            ..Account::default()
-        });
+        let account = seen
+            .entry(event.did.to_string())
+            .or_insert_with(|| Account {
+                first_seen: Some(now),
+                first_event: true,
+                ..Account::default()
+            });
         if let Some(known) = known {
             // What the line says about the account wins; first-seen tracking stays ours.
             *account = Account {
@@ -319,7 +321,7 @@ async fn backtest(
             };
         }
         if let skywarden_atproto::event::EventBody::Identity { handle: Some(h) } = &event.body {
-            account.handle = Some(h.clone());
+            account.handle = Some(h.to_string());
         }
         let account = account.clone();
         firings.clear();
@@ -329,13 +331,13 @@ async fn backtest(
             evaluated += evaluator.evaluate(&rs, input, &mut counters, &mut firings);
         }
         eval_time += t.elapsed();
-        if let Some(a) = seen.get_mut(&event.did) {
+        if let Some(a) = seen.get_mut(event.did.as_str()) {
             a.first_event = false;
         }
         for f in &firings {
             let s = &mut stats[f.rule];
             s.fired += 1;
-            s.accounts.insert(event.did.clone());
+            s.accounts.insert(event.did.to_string());
             for a in &f.actions {
                 *s.actions.entry(a.verb.name()).or_default() += 1;
             }

@@ -153,7 +153,7 @@ async fn an_engine_takedown_reaches_the_pds_and_comes_back_on_its_firehose() {
     })
     .await
     .expect("no #account frame for the taken-down account within 60 s");
-    assert_eq!(frame, (false, Some("takendown".to_string())));
+    assert_eq!(frame, (false, Some("takendown".into())));
 
     // The queue shows it, with the rule that did it; the label stream carries !takedown.
     let basic = format!(

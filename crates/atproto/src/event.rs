@@ -7,6 +7,7 @@ use crate::data::{Ipld, encode_cbor, verify_block};
 use crate::frame::{CommitError, CommitFrame, Frame, SyncFrame};
 use crate::record::Record;
 use cid::Cid;
+use compact_str::CompactString;
 use serde_json::{Value, json};
 use std::borrow::Cow;
 
@@ -16,9 +17,9 @@ pub struct Event {
     /// The source's position for this event: the firehose `seq`, or Jetstream's `time_us`.
     pub cursor: i64,
     /// The account's DID.
-    pub did: String,
+    pub did: CompactString,
     /// When the source says the event happened (atproto datetime, as sent).
-    pub time: String,
+    pub time: CompactString,
     /// What happened.
     pub body: EventBody,
 }
@@ -31,19 +32,19 @@ pub enum EventBody {
     /// Handle or DID document change.
     Identity {
         /// The current handle, if sent.
-        handle: Option<String>,
+        handle: Option<CompactString>,
     },
     /// Hosting status change.
     Account {
         /// Whether the account is active.
         active: bool,
         /// Why not: `takendown`, `suspended`, `deleted`, `deactivated`, ...
-        status: Option<String>,
+        status: Option<CompactString>,
     },
     /// The repo was reset to a new commit; consumers should re-sync it.
     Sync {
         /// The new revision.
-        rev: String,
+        rev: CompactString,
     },
 }
 
@@ -63,9 +64,9 @@ impl EventBody {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Commit {
     /// Revision (TID) of this commit.
-    pub rev: String,
+    pub rev: CompactString,
     /// Revision this diff is against.
-    pub since: Option<String>,
+    pub since: Option<CompactString>,
     /// CID of the signed commit (absent from Jetstream).
     pub commit_cid: Option<Cid>,
     /// The commit was too big for the relay to include its blocks: ops have CIDs but no
@@ -124,9 +125,9 @@ pub struct Op {
     /// Create, update or delete.
     pub action: Action,
     /// The collection NSID.
-    pub collection: String,
+    pub collection: CompactString,
     /// The record key.
-    pub rkey: String,
+    pub rkey: CompactString,
     /// The new record's CID (none for deletes).
     pub cid: Option<Cid>,
     /// The previous record's CID, when the source sends it (sync v1.1).
@@ -421,8 +422,8 @@ impl CommitFrame<'_> {
             }
             ops.push(Op {
                 action,
-                collection: collection.to_string(),
-                rkey: rkey.to_string(),
+                collection: collection.into(),
+                rkey: rkey.into(),
                 cid: op.cid,
                 prev: op.prev,
                 record,
@@ -431,11 +432,11 @@ impl CommitFrame<'_> {
         }
         Ok(Event {
             cursor: self.seq,
-            did: self.repo.to_string(),
-            time: self.time.to_string(),
+            did: self.repo.into(),
+            time: self.time.into(),
             body: EventBody::Commit(Commit {
-                rev: self.rev.to_string(),
-                since: self.since.map(str::to_string),
+                rev: self.rev.into(),
+                since: self.since.map(CompactString::from),
                 commit_cid: Some(self.commit),
                 too_big: self.too_big,
                 signature,
@@ -463,10 +464,10 @@ impl SyncFrame<'_> {
         }
         Ok(Event {
             cursor: self.seq,
-            did: self.did.to_string(),
-            time: self.time.to_string(),
+            did: self.did.into(),
+            time: self.time.into(),
             body: EventBody::Sync {
-                rev: self.rev.to_string(),
+                rev: self.rev.into(),
             },
         })
     }
@@ -492,19 +493,19 @@ impl Frame<'_> {
             Frame::Sync(s) => s.to_event(key)?,
             Frame::Identity(f) => Event {
                 cursor: f.seq,
-                did: f.did.to_string(),
-                time: f.time.to_string(),
+                did: f.did.into(),
+                time: f.time.into(),
                 body: EventBody::Identity {
-                    handle: f.handle.map(str::to_string),
+                    handle: f.handle.map(CompactString::from),
                 },
             },
             Frame::Account(f) => Event {
                 cursor: f.seq,
-                did: f.did.to_string(),
-                time: f.time.to_string(),
+                did: f.did.into(),
+                time: f.time.into(),
                 body: EventBody::Account {
                     active: f.active,
-                    status: f.status.map(str::to_string),
+                    status: f.status.map(CompactString::from),
                 },
             },
             Frame::Info(_) | Frame::Error(_) | Frame::Unknown { .. } => return Ok(None),

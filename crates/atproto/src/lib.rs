@@ -20,3 +20,6 @@ pub mod syntax;
 pub mod tree;
 
 pub use cid::Cid;
+/// The string type of [`event::Event`]'s short fields: strings of up to 24 bytes (record keys,
+/// revisions, collections, timestamps, most handles) are kept inline, without an allocation.
+pub use compact_str::CompactString;

@@ -224,7 +224,7 @@ pub fn pending(
                     idempotency_key: key,
                     event_time: now,
                     cursor: event.cursor,
-                    did: event.did.clone(),
+                    did: event.did.to_string(),
                     rule: action.rule.clone(),
                     ruleset_version: action.ruleset_version.clone(),
                     mode: action.mode.as_str().into(),

@@ -232,9 +232,9 @@ impl Accounts {
         let before;
         {
             let mut shard = lock(self.shard(&event.did));
-            let state = match shard.get_mut(&event.did) {
+            let state = match shard.get_mut(event.did.as_str()) {
                 Some(state) => state,
-                None => shard.entry(event.did.clone()).or_insert(AccountState {
+                None => shard.entry(event.did.to_string()).or_insert(AccountState {
                     first_seen: now,
                     ..AccountState::default()
                 }),
@@ -255,7 +255,7 @@ impl Accounts {
             match &event.body {
                 EventBody::Identity {
                     handle: Some(handle),
-                } => state.handle = Some(handle.clone()),
+                } => state.handle = Some(handle.to_string()),
                 EventBody::Commit(commit) => {
                     for op in &commit.ops {
                         let delta = match op.action {

@@ -61,9 +61,10 @@ fn post(cursor: i64, did: &str, text: &str) -> Event {
             "2026-01-01T00:{:02}:{:02}.000Z",
             (cursor / 60) % 60,
             cursor % 60
-        ),
+        )
+        .into(),
         body: EventBody::Commit(Commit {
-            rev: tid(cursor),
+            rev: tid(cursor).into(),
             since: None,
             commit_cid: None,
             too_big: false,
@@ -71,7 +72,7 @@ fn post(cursor: i64, did: &str, text: &str) -> Event {
             ops: vec![Op {
                 action: Action::Create,
                 collection: "app.bsky.feed.post".into(),
-                rkey: tid(cursor),
+                rkey: tid(cursor).into(),
                 cid: None,
                 prev: None,
                 record: Some(Record::from_value(value)),

@@ -44,10 +44,10 @@ impl EventSource for Posts {
         let rkey = skywarden_ingest::synth::tid(1_767_225_600_000_000 + n * 1000, 0);
         Ok(Some(Event {
             cursor: n,
-            did: format!("did:plc:user{}", n % 13),
+            did: format!("did:plc:user{}", n % 13).into(),
             time: "2026-01-01T00:00:00.000Z".into(),
             body: EventBody::Commit(Commit {
-                rev: rkey.clone(),
+                rev: rkey.clone().into(),
                 since: None,
                 commit_cid: None,
                 too_big: false,
@@ -55,7 +55,7 @@ impl EventSource for Posts {
                 ops: vec![Op {
                     action: Action::Create,
                     collection: "app.bsky.feed.post".into(),
-                    rkey,
+                    rkey: rkey.into(),
                     cid: None,
                     prev: None,
                     record: Some(Record::from_value(record)),

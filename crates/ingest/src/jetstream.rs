@@ -193,15 +193,15 @@ pub fn decode_message(json: &[u8]) -> Result<Event, String> {
                 (None, _) => (None, Some("no record in message".into())),
             };
             EventBody::Commit(Commit {
-                rev: c.rev,
+                rev: c.rev.into(),
                 since: None,
                 commit_cid: None,
                 too_big: false,
                 signature: SignatureCheck::Unchecked,
                 ops: vec![Op {
                     action,
-                    collection: c.collection,
-                    rkey: c.rkey,
+                    collection: c.collection.into(),
+                    rkey: c.rkey.into(),
                     cid,
                     prev: None,
                     record,
@@ -213,20 +213,22 @@ pub fn decode_message(json: &[u8]) -> Result<Event, String> {
             let i = msg.identity.ok_or("identity message without `identity`")?;
             return Ok(Event {
                 cursor: msg.time_us,
-                did: msg.did,
-                time: time_of(i.time),
-                body: EventBody::Identity { handle: i.handle },
+                did: msg.did.into(),
+                time: time_of(i.time).into(),
+                body: EventBody::Identity {
+                    handle: i.handle.map(Into::into),
+                },
             });
         }
         "account" => {
             let a = msg.account.ok_or("account message without `account`")?;
             return Ok(Event {
                 cursor: msg.time_us,
-                did: msg.did,
-                time: time_of(a.time),
+                did: msg.did.into(),
+                time: time_of(a.time).into(),
                 body: EventBody::Account {
                     active: a.active,
-                    status: a.status,
+                    status: a.status.map(Into::into),
                 },
             });
         }
@@ -234,8 +236,8 @@ pub fn decode_message(json: &[u8]) -> Result<Event, String> {
     };
     Ok(Event {
         cursor: msg.time_us,
-        time: format_micros(msg.time_us),
-        did: msg.did,
+        time: format_micros(msg.time_us).into(),
+        did: msg.did.into(),
         body,
     })
 }

@@ -698,10 +698,12 @@ fn check_actions(
             continue;
         }
         match &e.body {
-            EventBody::Commit(c) if c.ops.is_empty() && created.contains(&e.did) => {
+            EventBody::Commit(c)
+                if c.ops.is_empty() && created.iter().any(|d| d == e.did.as_str()) =>
+            {
                 empty_commits.entry(&e.did).or_default().push(e.cursor)
             }
-            EventBody::Sync { .. } if created.contains(&e.did) => {
+            EventBody::Sync { .. } if created.iter().any(|d| d == e.did.as_str()) => {
                 syncs.entry(&e.did).or_default().push(e.cursor)
             }
             _ => problems.push(format!(

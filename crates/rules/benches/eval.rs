@@ -164,10 +164,10 @@ fn mix() -> Vec<(Event, Account)> {
             _ => {
                 let event = Event {
                     cursor: n as i64,
-                    did: author,
+                    did: author.into(),
                     time: "2024-06-01T12:00:00Z".into(),
                     body: EventBody::Identity {
-                        handle: Some(format!("user{a}.bsky.social")),
+                        handle: Some(format!("user{a}.bsky.social").into()),
                     },
                 };
                 out.push((event, accounts[a as usize].clone()));

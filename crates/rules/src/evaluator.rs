@@ -207,7 +207,9 @@ fn bind<'a>(ruleset: &'a Ruleset, index: usize, cx: &Cx<'_, 'a>) -> Firing {
             let verb = a.verb.map(|t| render(t, cx));
             let subject = match (a.target, &record_subject) {
                 (TargetKind::Record, Some(s)) => s.clone(),
-                _ => ActionSubject::Account { did: did.clone() },
+                _ => ActionSubject::Account {
+                    did: did.to_string(),
+                },
             };
             Action {
                 verb,

@@ -11,6 +11,7 @@ use crate::input::{Account, Input};
 use crate::ruleset::{Location, Ruleset, collection_of};
 use crate::value::parse_duration;
 use serde::Deserialize;
+use skywarden_atproto::CompactString;
 use skywarden_atproto::data::{Ipld, cid_for_cbor, encode_cbor, json_to_ipld};
 use skywarden_atproto::event::{
     Action as OpAction, Commit, Event, EventBody, Op, SignatureCheck, split_path,
@@ -210,20 +211,20 @@ pub fn record_event(
     };
     Event {
         cursor: 0,
-        did: did.to_string(),
+        did: did.into(),
         time: Datetime::from_timestamp_micros(time_micros)
-            .map(|d| d.as_str().to_string())
-            .unwrap_or_else(|_| TEST_TIME.to_string()),
+            .map(|d| d.as_str().into())
+            .unwrap_or_else(|_| TEST_TIME.into()),
         body: EventBody::Commit(Commit {
-            rev: tid(time_micros),
+            rev: tid(time_micros).into(),
             since: None,
             commit_cid: None,
             too_big: false,
             signature: SignatureCheck::Unchecked,
             ops: vec![Op {
                 action,
-                collection: collection.to_string(),
-                rkey: rkey.to_string(),
+                collection: collection.into(),
+                rkey: rkey.into(),
                 cid,
                 prev: None,
                 record,
@@ -253,19 +254,19 @@ fn step(doc: &EventDoc, index: usize, base: i64) -> Result<Step, DocError> {
     let event = match kind {
         "identity" => Event {
             cursor: 0,
-            did,
-            time,
+            did: did.into(),
+            time: time.into(),
             body: EventBody::Identity {
-                handle: doc.handle.clone(),
+                handle: doc.handle.as_deref().map(CompactString::from),
             },
         },
         "account" => Event {
             cursor: 0,
-            did,
-            time,
+            did: did.into(),
+            time: time.into(),
             body: EventBody::Account {
                 active: doc.active.unwrap_or(true),
-                status: doc.status.clone(),
+                status: doc.status.as_deref().map(CompactString::from),
             },
         },
         other => {
@@ -428,10 +429,10 @@ pub fn run_case(ruleset: &Ruleset, case: &TestCase) -> Outcome {
                 && let EventBody::Commit(c) = &mut event.body
             {
                 for op in &mut c.ops {
-                    op.rkey = tid(now);
+                    op.rkey = tid(now).into();
                 }
                 event.time = Datetime::from_timestamp_micros(now)
-                    .map(|d| d.as_str().to_string())
+                    .map(|d| d.as_str().into())
                     .unwrap_or_default();
             }
             firings.clear();
@@ -635,8 +636,8 @@ pub fn event_from_json(v: &serde_json::Value) -> Result<Event, String> {
                     .and_then(|c| skywarden_atproto::syntax::parse_cid_str(c).ok());
                 ops.push(Op {
                     action,
-                    collection: collection.to_string(),
-                    rkey: rkey.to_string(),
+                    collection: collection.into(),
+                    rkey: rkey.into(),
                     cid,
                     prev: None,
                     record,
@@ -644,7 +645,7 @@ pub fn event_from_json(v: &serde_json::Value) -> Result<Event, String> {
                 });
             }
             EventBody::Commit(Commit {
-                rev: v["rev"].as_str().unwrap_or("").to_string(),
+                rev: v["rev"].as_str().unwrap_or("").into(),
                 since: None,
                 commit_cid: None,
                 too_big: v["tooBig"].as_bool().unwrap_or(false),
@@ -653,21 +654,21 @@ pub fn event_from_json(v: &serde_json::Value) -> Result<Event, String> {
             })
         }
         "identity" => EventBody::Identity {
-            handle: v["handle"].as_str().map(str::to_string),
+            handle: v["handle"].as_str().map(CompactString::from),
         },
         "account" => EventBody::Account {
             active: v["active"].as_bool().unwrap_or(true),
-            status: v["status"].as_str().map(str::to_string),
+            status: v["status"].as_str().map(CompactString::from),
         },
         "sync" => EventBody::Sync {
-            rev: v["rev"].as_str().unwrap_or("").to_string(),
+            rev: v["rev"].as_str().unwrap_or("").into(),
         },
         other => return Err(format!("unknown event kind `{other}`")),
     };
     Ok(Event {
         cursor,
-        did,
-        time,
+        did: did.into(),
+        time: time.into(),
         body,
     })
 }

@@ -98,14 +98,14 @@ async fn served_frames_decode_and_verify_in_the_firehose_source() {
         assert!(event.cursor > last, "seq increases");
         last = event.cursor;
         *kinds.entry(event.body.kind().to_string()).or_default() += 1;
-        *authors.entry(event.did.clone()).or_default() += 1;
+        *authors.entry(event.did.to_string()).or_default() += 1;
         if let EventBody::Commit(c) = &event.body {
             assert_eq!(
                 c.signature,
                 skywarden_atproto::event::SignatureCheck::Verified
             );
             for op in &c.ops {
-                *collections.entry(op.collection.clone()).or_default() += 1;
+                *collections.entry(op.collection.to_string()).or_default() += 1;
                 if op.cid.is_some() {
                     assert!(
                         op.record.is_some(),
