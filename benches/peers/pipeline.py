@@ -15,13 +15,18 @@ printed; every run prints CPU time by thread.
 
     cargo build --release -p skywarden
     python3 benches/peers/pipeline.py [--events 100000] [--accounts 10000] [--profile]
-        [--no-abuse] [--rules DIR] [--partitions 1 2]
+        [--no-abuse] [--rules DIR] [--partitions 1 2] [--repeat N] [--compare OTHER_BIN]
+
+With --repeat and --compare (another build), every configuration runs N times, the builds
+alternating run by run against the same simulator, and the medians are printed at the end: on a
+noisy machine only such alternations resolve a change of a few per cent.
 """
 
 import argparse
 import os
 import re
 import shutil
+import statistics
 import sqlite3
 import subprocess
 import sys
@@ -66,11 +71,11 @@ def thread_cpu(pid):
     return sorted(by_name.items(), key=lambda kv: -kv[1])
 
 
-def run(relay_port, events, partitions, profile, rules, frequency):
+def run(binary, relay_port, events, partitions, profile, rules, frequency):
     data = tempfile.mkdtemp(prefix="skywarden-pipeline-")
     http = free_port()
     serve = subprocess.Popen(
-        [BIN, "serve", "--relay", f"ws://127.0.0.1:{relay_port}", "--cursor", "0",
+        [binary, "serve", "--relay", f"ws://127.0.0.1:{relay_port}", "--cursor", "0",
          "--data-dir", data, "--listen", f"127.0.0.1:{http}", "--partitions", str(partitions),
          "--labeler", "true"] + (["--rules", rules] if rules else []),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -131,6 +136,7 @@ def run(relay_port, events, partitions, profile, rules, frequency):
           f"{drained:.1f} s = {counted / drained:,.0f} events/s, {counted / drained_cpu:,.0f} events per CPU-second, "
           f"peak RSS {rss:.0f} MB")
     print("  CPU by thread: " + ", ".join(f"{name} {t:.2f} s" for name, t in threads))
+    result = {"events_per_s": counted / drained, "per_cpu_s": counted / drained_cpu, "rss_mb": rss}
     if perf:
         report = subprocess.run(["perf", "report", "-i", perf_data, "--no-children", "--percent-limit", "2",
                                  "--stdio", "--sort", "symbol"], capture_output=True, text=True).stdout
@@ -146,6 +152,7 @@ def run(relay_port, events, partitions, profile, rules, frequency):
                     and re.search(r"skywarden_\w+::\w+|sqlite3_step|tungstenite", line)):
                 print("  " + " ".join(line.split()[:2] + line.split()[3:])[:160])
     shutil.rmtree(data, ignore_errors=True)
+    return result
 
 
 def main():
@@ -159,9 +166,14 @@ def main():
                     help="ordinary traffic only: the simulator injects no abuse scenarios")
     ap.add_argument("--rules", help="a rules directory instead of the default ruleset")
     ap.add_argument("--partitions", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every configuration this many times and print the medians")
+    ap.add_argument("--compare", metavar="BIN",
+                    help="another build of skywarden, run alternately with the first on the same simulator")
     args = ap.parse_args()
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release -p skywarden")
+    builds = [BIN] + ([args.compare] if args.compare else [])
     relay = free_port()
     t0 = time.time()
     # A fixed simulated start (the archive default): with `now`, a run that straddles an hour
@@ -174,9 +186,24 @@ def main():
         wait_port(relay, 900)
         print(f"simulator: {args.events} frames from {args.accounts} accounts generated in {time.time() - t0:.0f} s; "
               f"{os.cpu_count()} cores")
-        for partitions in args.partitions:
-            run(relay, args.events, partitions, args.profile and partitions == args.partitions[0], args.rules,
-                args.profile_frequency)
+        results = {}
+        for repetition in range(args.repeat):
+            for partitions in args.partitions:
+                # Builds alternate run by run, so both see the same moments of a noisy machine.
+                for binary in builds:
+                    if len(builds) > 1 or args.repeat > 1:
+                        print(f"{binary} (run {repetition + 1} of {args.repeat})")
+                    profile = args.profile and repetition == 0 and partitions == args.partitions[0]
+                    r = run(binary, relay, args.events, partitions, profile, args.rules, args.profile_frequency)
+                    results.setdefault((binary, partitions), []).append(r)
+        if len(builds) > 1 or args.repeat > 1:
+            print("medians, sinks caught up:")
+            for (binary, partitions), runs in results.items():
+                per_cpu = sorted(r["per_cpu_s"] for r in runs)
+                print(f"  {binary}, partitions {partitions}: "
+                      f"{statistics.median(r['events_per_s'] for r in runs):,.0f} events/s, "
+                      f"{statistics.median(per_cpu):,.0f} events per CPU-second "
+                      f"(runs: {', '.join(f'{v:,.0f}' for v in per_cpu)})")
     finally:
         sim.kill()
 
