@@ -5,6 +5,7 @@ use crate::firehose::{Ws, WsSettings, stream_url};
 use crate::metrics::SourceMetrics;
 use crate::{RawFrame, now_micros};
 use serde::Deserialize;
+use skywarden_atproto::CompactString;
 use skywarden_atproto::event::{Action, Commit, Event, EventBody, Op, SignatureCheck};
 use skywarden_atproto::record::Record;
 use skywarden_atproto::syntax::Datetime;
@@ -126,7 +127,7 @@ pub fn decompress(
 
 #[derive(Deserialize)]
 struct JsMessage {
-    did: String,
+    did: CompactString,
     time_us: i64,
     kind: String,
     #[serde(default)]
@@ -139,10 +140,10 @@ struct JsMessage {
 
 #[derive(Deserialize)]
 struct JsCommit {
-    rev: String,
+    rev: CompactString,
     operation: String,
-    collection: String,
-    rkey: String,
+    collection: CompactString,
+    rkey: CompactString,
     #[serde(default)]
     record: Option<serde_json::Value>,
     #[serde(default)]
@@ -152,18 +153,18 @@ struct JsCommit {
 #[derive(Deserialize)]
 struct JsIdentity {
     #[serde(default)]
-    handle: Option<String>,
+    handle: Option<CompactString>,
     #[serde(default)]
-    time: Option<String>,
+    time: Option<CompactString>,
 }
 
 #[derive(Deserialize)]
 struct JsAccount {
     active: bool,
     #[serde(default)]
-    status: Option<String>,
+    status: Option<CompactString>,
     #[serde(default)]
-    time: Option<String>,
+    time: Option<CompactString>,
 }
 
 /// Turns one Jetstream JSON message into an [`Event`]. Records are read leniently: a record that
@@ -171,7 +172,7 @@ struct JsAccount {
 pub fn decode_message(json: &[u8]) -> Result<Event, String> {
     let msg: JsMessage =
         serde_json::from_slice(json).map_err(|e| format!("bad Jetstream message: {e}"))?;
-    let time_of = |t: Option<String>| t.unwrap_or_else(|| format_micros(msg.time_us));
+    let time_of = |t: Option<CompactString>| t.unwrap_or_else(|| format_micros(msg.time_us));
     let body = match msg.kind.as_str() {
         "commit" => {
             let c = msg.commit.ok_or("commit message without `commit`")?;
@@ -193,15 +194,15 @@ pub fn decode_message(json: &[u8]) -> Result<Event, String> {
                 (None, _) => (None, Some("no record in message".into())),
             };
             EventBody::Commit(Commit {
-                rev: c.rev.into(),
+                rev: c.rev,
                 since: None,
                 commit_cid: None,
                 too_big: false,
                 signature: SignatureCheck::Unchecked,
                 ops: vec![Op {
                     action,
-                    collection: c.collection.into(),
-                    rkey: c.rkey.into(),
+                    collection: c.collection,
+                    rkey: c.rkey,
                     cid,
                     prev: None,
                     record,
@@ -213,22 +214,20 @@ pub fn decode_message(json: &[u8]) -> Result<Event, String> {
             let i = msg.identity.ok_or("identity message without `identity`")?;
             return Ok(Event {
                 cursor: msg.time_us,
-                did: msg.did.into(),
-                time: time_of(i.time).into(),
-                body: EventBody::Identity {
-                    handle: i.handle.map(Into::into),
-                },
+                did: msg.did,
+                time: time_of(i.time),
+                body: EventBody::Identity { handle: i.handle },
             });
         }
         "account" => {
             let a = msg.account.ok_or("account message without `account`")?;
             return Ok(Event {
                 cursor: msg.time_us,
-                did: msg.did.into(),
-                time: time_of(a.time).into(),
+                did: msg.did,
+                time: time_of(a.time),
                 body: EventBody::Account {
                     active: a.active,
-                    status: a.status.map(Into::into),
+                    status: a.status,
                 },
             });
         }
@@ -236,15 +235,16 @@ pub fn decode_message(json: &[u8]) -> Result<Event, String> {
     };
     Ok(Event {
         cursor: msg.time_us,
-        time: format_micros(msg.time_us).into(),
-        did: msg.did.into(),
+        time: format_micros(msg.time_us),
+        did: msg.did,
         body,
     })
 }
 
-/// Formats microseconds since the epoch as an atproto datetime.
-fn format_micros(micros: i64) -> String {
-    Datetime::from_timestamp_micros(micros).map_or_else(|_| String::new(), Datetime::into_string)
+/// Formats microseconds since the epoch as an atproto datetime (24 bytes: kept inline).
+fn format_micros(micros: i64) -> CompactString {
+    Datetime::from_timestamp_micros(micros)
+        .map_or_else(|_| CompactString::default(), |d| d.as_str().into())
 }
 
 #[cfg(test)]
