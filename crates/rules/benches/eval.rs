@@ -11,6 +11,7 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use skywarden_atproto::data::json_to_ipld;
 use skywarden_atproto::event::{Action, Event, EventBody};
+use skywarden_atproto::syntax::Tid;
 use skywarden_rules::counter::MemoryCounters;
 use skywarden_rules::testing::record_event;
 use skywarden_rules::{Account, Evaluator, Input, Ruleset};
@@ -117,7 +118,10 @@ fn mix() -> Vec<(Event, Account)> {
         let author = did(a);
         let target = did(rng.below(ACCOUNTS));
         let t = T0 + n as i64 * 10_000; // 100 events/s of event time
-        let rkey = format!("3k{:011}", n);
+        // Real TIDs, as on the network (a key that is not a TID is a chosen name, which rules
+        // inspect: bad-word-record-key).
+        let rkey = Tid::from_parts((t + n as i64) as u64, 0).expect("TID fits");
+        let rkey = rkey.as_str();
         let subject = serde_json::json!({"uri": format!("at://{target}/app.bsky.feed.post/3kfxt2dprhx22"), "cid": CID});
         let roll = rng.below(100);
         let (collection, action, record) = match roll {
@@ -179,7 +183,7 @@ fn mix() -> Vec<(Event, Account)> {
             r["createdAt"] = "2024-06-01T12:00:00Z".into();
             json_to_ipld(&r).expect("valid record")
         });
-        let event = record_event(&author, t, action, collection, &rkey, record);
+        let event = record_event(&author, t, action, collection, rkey, record);
         out.push((event, accounts[a as usize].clone()));
     }
     out

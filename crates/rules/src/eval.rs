@@ -35,7 +35,7 @@ impl<'a> Cx<'_, 'a> {
     /// The key of counter `i` for this unit: `None` when the key expression is missing.
     pub fn counter_key(&self, i: usize) -> Option<u128> {
         *self.frame.counter_keys[i].get_or_init(|| match self.eval(&self.counter_keys[i]) {
-            Val::Str(s) => Some(key_hash(s)),
+            Val::Str(s) => Some(self.frame.key_hash(s)),
             _ => None,
         })
     }
@@ -49,6 +49,20 @@ impl<'a> Cx<'_, 'a> {
             Lit::Time(t) => Val::Time(*t),
             Lit::Dur(d) => Val::Dur(*d),
             Lit::List(items) => Val::List(self.frame.list(items.iter().map(|s| &**s))),
+        }
+    }
+
+    /// Evaluates an operand: leaves (literals, fields, variables), which most operands are, in
+    /// line, anything else through [`Cx::eval`]. Saves the recursive call and its stack frame
+    /// for most nodes of a condition.
+    #[inline(always)]
+    fn operand(&self, node: &'a Node) -> Val<'a> {
+        match node {
+            Node::Lit(Lit::List(_)) => self.eval(node),
+            Node::Lit(l) => self.lit(l),
+            Node::Field(read) => read(self.frame),
+            Node::Local(slot) => self.frame.locals[*slot as usize].get(),
+            _ => self.eval(node),
         }
     }
 
@@ -72,26 +86,26 @@ impl<'a> Cx<'_, 'a> {
                 key,
             } => match (self.store, self.eval(key)) {
                 (Some(store), Val::Str(k)) => {
-                    let v = store.get(*counter, key_hash(k), *window, f.input.now);
+                    let v = store.get(*counter, f.key_hash(k), *window, f.input.now);
                     Val::Int(i64::try_from(v).unwrap_or(i64::MAX))
                 }
                 _ => Val::Missing,
             },
-            Node::Not(a) => match self.eval(a) {
+            Node::Not(a) => match self.operand(a) {
                 Val::Bool(b) => Val::Bool(!b),
                 _ => Val::Missing,
             },
-            Node::And(ab) => match self.eval(&ab[0]) {
+            Node::And(ab) => match self.operand(&ab[0]) {
                 Val::Bool(false) => Val::Bool(false),
-                a => match (a, self.eval(&ab[1])) {
+                a => match (a, self.operand(&ab[1])) {
                     (_, Val::Bool(false)) => Val::Bool(false),
                     (Val::Bool(true), Val::Bool(true)) => Val::Bool(true),
                     _ => Val::Missing,
                 },
             },
-            Node::Or(ab) => match self.eval(&ab[0]) {
+            Node::Or(ab) => match self.operand(&ab[0]) {
                 Val::Bool(true) => Val::Bool(true),
-                a => match (a, self.eval(&ab[1])) {
+                a => match (a, self.operand(&ab[1])) {
                     (_, Val::Bool(true)) => Val::Bool(true),
                     (Val::Bool(false), Val::Bool(false)) => Val::Bool(false),
                     _ => Val::Missing,
@@ -102,23 +116,23 @@ impl<'a> Cx<'_, 'a> {
                 Val::Bool(false) => self.eval(&cab[2]),
                 _ => Val::Missing,
             },
-            Node::Cmp(op, ab) => compare(*op, self.eval(&ab[0]), self.eval(&ab[1])),
-            Node::Arith(op, ab) => self.arith(*op, self.eval(&ab[0]), self.eval(&ab[1])),
+            Node::Cmp(op, ab) => compare(*op, self.operand(&ab[0]), self.operand(&ab[1])),
+            Node::Arith(op, ab) => self.arith(*op, self.operand(&ab[0]), self.operand(&ab[1])),
             Node::Neg(a) => match self.eval(a) {
                 Val::Int(i) => i.checked_neg().map_or(Val::Missing, Val::Int),
                 Val::Float(x) => Val::Float(-x),
                 Val::Dur(d) => d.checked_neg().map_or(Val::Missing, Val::Dur),
                 _ => Val::Missing,
             },
-            Node::In(ab) => match (self.eval(&ab[0]), self.eval(&ab[1])) {
+            Node::In(ab) => match (self.operand(&ab[0]), self.operand(&ab[1])) {
                 (Val::Str(s), Val::List(items)) => Val::Bool(items.contains(&s)),
                 _ => Val::Missing,
             },
-            Node::InNamed(a, list) => match self.eval(a) {
+            Node::InNamed(a, list) => match self.operand(a) {
                 Val::Str(s) => Val::Bool(f.lists.contains(*list, s)),
                 _ => Val::Missing,
             },
-            Node::Keyword { arg, list, whole } => match self.eval(arg) {
+            Node::Keyword { arg, list, whole } => match self.operand(arg) {
                 Val::Str(s) => {
                     let (words, anywhere) = f.keyword_hits(s);
                     let bits = if *whole { words } else { anywhere };
@@ -138,8 +152,8 @@ impl<'a> Cx<'_, 'a> {
                 _ => Val::Missing,
             },
             Node::Has(read) => Val::Bool(!read(f).is_missing()),
-            Node::OrValue(xd) => match self.eval(&xd[0]) {
-                Val::Missing => self.eval(&xd[1]),
+            Node::OrValue(xd) => match self.operand(&xd[0]) {
+                Val::Missing => self.operand(&xd[1]),
                 v => v,
             },
             Node::Call(b, args) => self.call(*b, args),
@@ -152,6 +166,7 @@ impl<'a> Cx<'_, 'a> {
         }
     }
 
+    #[inline(never)]
     fn arith(&self, op: Arith, a: Val<'a>, b: Val<'a>) -> Val<'a> {
         use Val::*;
         let int = |x: Option<i64>| x.map_or(Missing, Int);
@@ -190,13 +205,14 @@ impl<'a> Cx<'_, 'a> {
         }
     }
 
+    #[inline(never)]
     fn call(&self, b: Builtin, args: &'a [Node]) -> Val<'a> {
         let f = self.frame;
-        let a = self.eval(&args[0]);
+        let a = self.operand(&args[0]);
         if a.is_missing() {
             return Val::Missing;
         }
-        let second = || args.get(1).map_or(Val::Missing, |n| self.eval(n));
+        let second = || args.get(1).map_or(Val::Missing, |n| self.operand(n));
         match (b, a) {
             (Builtin::Size, Val::Str(s)) => Val::Int(s.chars().count() as i64),
             (Builtin::Size, Val::List(l)) => Val::Int(l.len() as i64),
@@ -292,6 +308,7 @@ impl<'a> Cx<'_, 'a> {
         }
     }
 
+    #[inline(never)]
     fn comprehension(&self, kind: Loop, range: &'a Node, slot: u8, body: &'a Node) -> Val<'a> {
         let Val::List(items) = self.eval(range) else {
             return Val::Missing;
@@ -305,7 +322,7 @@ impl<'a> Cx<'_, 'a> {
         };
         for item in items {
             local.set(Val::Str(item));
-            let v = self.eval(body);
+            let v = self.operand(body);
             match (kind, v) {
                 (Loop::Exists, Val::Bool(true)) => return Val::Bool(true),
                 (Loop::All, Val::Bool(false)) => return Val::Bool(false),

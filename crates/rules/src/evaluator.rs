@@ -4,7 +4,7 @@
 use crate::Mode;
 use crate::action::{Action, Explanation, Subject as ActionSubject};
 use crate::counter::CounterStore;
-use crate::eval::{Cx, key_hash, value_hash};
+use crate::eval::Cx;
 use crate::frame::{Frame, Scratch};
 use crate::input::Input;
 use crate::ruleset::{Ruleset, TargetKind, Template, TemplatePart};
@@ -96,21 +96,22 @@ impl Evaluator {
             }
             let mut count = |key: u128| match distinct {
                 None => counters.add(i, key, None, input.now),
-                Some(Val::Str(s)) => counters.add(i, key, Some(value_hash(s)), input.now),
+                Some(Val::Str(s)) => counters.add(i, key, Some(frame.value_hash(s)), input.now),
                 Some(Val::List(items)) => {
                     for s in items {
-                        counters.add(i, key, Some(value_hash(s)), input.now);
+                        counters.add(i, key, Some(frame.value_hash(s)), input.now);
                     }
                 }
                 Some(_) => {}
             };
             match keys_only.eval(&ruleset.counter_keys[i]) {
-                Val::Str(_) => {
-                    if let Some(key) = keys_only.counter_key(i) {
-                        count(key);
-                    }
+                Val::Str(s) => {
+                    // Remembered, so rules reading this counter need not evaluate the key again.
+                    let key = frame.key_hash(s);
+                    let _ = frame.counter_keys[i].set(Some(key));
+                    count(key);
                 }
-                Val::List(keys) => keys.iter().for_each(|k| count(key_hash(k))),
+                Val::List(keys) => keys.iter().for_each(|k| count(frame.key_hash(k))),
                 _ => {}
             }
         }

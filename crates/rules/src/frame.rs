@@ -42,10 +42,15 @@ pub struct Frame<'a> {
     simhash_bands: OnceCell<&'a [&'a str]>,
     fingerprint: OnceCell<u64>,
     reply: OnceCell<Option<ReplyRef<'a>>>,
-    /// Keyword matches per matched string: (address, length, whole-word hits, substring hits).
-    keyword_cache: RefCell<BumpVec<'a, (usize, usize, u128, u128)>>,
-    /// Regex matches per matched string: (address, length, matching pattern bitset).
-    regex_cache: RefCell<BumpVec<'a, (usize, usize, &'a [u64])>>,
+    /// Keyword matches per matched string: (whole-word hits, substring hits).
+    keyword_cache: StrMemo<'a, (u128, u128)>,
+    /// Regex matches per matched string: the matching pattern bitset.
+    regex_cache: StrMemo<'a, &'a [u64]>,
+    /// Counter key hashes per key string: a key several counters share (`account.did`) is
+    /// hashed once.
+    key_hashes: StrMemo<'a, u128>,
+    /// Distinct-value hashes per value string.
+    value_hashes: StrMemo<'a, u64>,
     buf: &'a RefCell<String>,
     /// Counter keys computed for this unit, by counter index.
     pub counter_keys: &'a [OnceCell<Option<u128>>],
@@ -54,6 +59,29 @@ pub struct Frame<'a> {
 /// The text a facet's byte range covers, if the range is valid for `text`.
 fn facet_slice(text: &str, start: i64, end: i64) -> Option<&str> {
     text.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
+}
+
+/// Results computed from strings, remembered for one unit by the string's address and length.
+/// Every string a unit's evaluation sees lives (unchanged) until the unit is done — in the event,
+/// the ruleset or the arena — so the same address and length mean the same bytes.
+struct StrMemo<'a, T>(RefCell<BumpVec<'a, (usize, usize, T)>>);
+
+impl<'a, T: Copy> StrMemo<'a, T> {
+    fn new(bump: &'a Bump) -> Self {
+        StrMemo(RefCell::new(BumpVec::new_in(bump)))
+    }
+
+    /// The remembered result for `s`, or `compute(s)` remembered. Units see a handful of
+    /// distinct strings, so a linear scan beats hashing them.
+    fn get_or_compute(&self, s: &str, compute: impl FnOnce(&str) -> T) -> T {
+        let id = (s.as_ptr() as usize, s.len());
+        if let Some(&(.., hit)) = self.0.borrow().iter().find(|(p, l, _)| (*p, *l) == id) {
+            return hit;
+        }
+        let value = compute(s);
+        self.0.borrow_mut().push((id.0, id.1, value));
+        value
+    }
 }
 
 /// Reusable buffers for [`Frame`]s, so a steady stream of events allocates nothing.
@@ -97,8 +125,10 @@ impl<'a> Frame<'a> {
             simhash_bands: OnceCell::new(),
             fingerprint: OnceCell::new(),
             reply: OnceCell::new(),
-            keyword_cache: RefCell::new(BumpVec::new_in(bump)),
-            regex_cache: RefCell::new(BumpVec::new_in(bump)),
+            keyword_cache: StrMemo::new(bump),
+            regex_cache: StrMemo::new(bump),
+            key_hashes: StrMemo::new(bump),
+            value_hashes: StrMemo::new(bump),
             buf: &scratch.buf,
             counter_keys: bump.alloc_slice_fill_with(counters, |_| OnceCell::new()),
         }
@@ -383,46 +413,37 @@ impl<'a> Frame<'a> {
     /// Keyword hits of `s` against every keyword list, as two bitsets over list indexes:
     /// whole-word hits in the normalised text, and hits anywhere in its letters-only form.
     pub fn keyword_hits(&self, s: &str) -> (u128, u128) {
-        let id = (s.as_ptr() as usize, s.len());
-        if let Some(hit) = self
-            .keyword_cache
-            .borrow()
-            .iter()
-            .find(|(p, l, ..)| (*p, *l) == id)
-        {
-            return (hit.2, hit.3);
-        }
-        let normalized = if self.is_text(s) {
-            self.normalized()
-        } else {
-            self.normalize(s)
-        };
-        let hits = self.lists.keyword_hits(normalized, self.bump);
-        self.keyword_cache
-            .borrow_mut()
-            .push((id.0, id.1, hits.0, hits.1));
-        hits
+        self.keyword_cache.get_or_compute(s, |s| {
+            let normalized = if self.is_text(s) {
+                self.normalized()
+            } else {
+                self.normalize(s)
+            };
+            self.lists.keyword_hits(normalized, self.bump)
+        })
     }
 
     /// Which patterns of the ruleset's regex set match `s` (bitset over pattern indexes).
     pub fn regex_hits(&self, s: &str, set: &regex::RegexSet) -> &'a [u64] {
-        let id = (s.as_ptr() as usize, s.len());
-        if let Some(hit) = self
-            .regex_cache
-            .borrow()
-            .iter()
-            .find(|(p, l, _)| (*p, *l) == id)
-        {
-            return hit.2;
-        }
-        let words = set.len().div_ceil(64);
-        let bits = self.bump.alloc_slice_fill_copy(words, 0u64);
-        for i in set.matches(s).iter() {
-            bits[i / 64] |= 1 << (i % 64);
-        }
-        let bits: &'a [u64] = bits;
-        self.regex_cache.borrow_mut().push((id.0, id.1, bits));
-        bits
+        self.regex_cache.get_or_compute(s, |s| {
+            let words = set.len().div_ceil(64);
+            let bits = self.bump.alloc_slice_fill_copy(words, 0u64);
+            for i in set.matches(s).iter() {
+                bits[i / 64] |= 1 << (i % 64);
+            }
+            &*bits
+        })
+    }
+
+    /// The counter key hash of `s` ([`key_hash`](crate::eval::key_hash)), computed once per unit.
+    pub fn key_hash(&self, s: &str) -> u128 {
+        self.key_hashes.get_or_compute(s, crate::eval::key_hash)
+    }
+
+    /// The distinct-value hash of `s` ([`value_hash`](crate::eval::value_hash)), computed once
+    /// per unit.
+    pub fn value_hash(&self, s: &str) -> u64 {
+        self.value_hashes.get_or_compute(s, crate::eval::value_hash)
     }
 
     /// The handle of an identity event, if it carries one.

@@ -223,8 +223,22 @@ pub fn normalize_into(input: &str, out: &mut String) {
             == unicode_normalization::IsNormalized::Yes
             && !input.chars().any(is_invisible));
     if already_nfkc {
-        for c in input.chars() {
-            push_folded(out, &mut pending_space, c);
+        // Word by word, so that ASCII words (most of any text) are copied and lower-cased in
+        // bulk; between words, as in `push_folded`, a space is pending once something is out.
+        for word in input.split_ascii_whitespace() {
+            pending_space = !out.is_empty();
+            if word.is_ascii() && !word.bytes().any(|b| b.is_ascii_control()) {
+                if pending_space {
+                    out.push(' ');
+                }
+                let start = out.len();
+                out.push_str(word);
+                out[start..].make_ascii_lowercase();
+            } else {
+                for c in word.chars() {
+                    push_folded(out, &mut pending_space, c);
+                }
+            }
         }
     } else {
         for c in input.chars().filter(|&c| !is_invisible(c)).nfkc() {
@@ -565,24 +579,40 @@ impl<'a> Iterator for Links<'a> {
 
     fn next(&mut self) -> Option<&'a str> {
         let text = self.text;
-        let mut prev = text[..self.pos].chars().next_back();
-        for (offset, c) in text[self.pos..].char_indices() {
-            let boundary = prev.is_none_or(|p| {
-                matches!(
-                    p,
-                    ' ' | '\n' | '\t' | '\r' | '(' | '[' | '{' | '<' | '"' | '\''
-                ) || (!p.is_ascii() && (p.is_whitespace() || matches!(p, '«' | '“' | '‘')))
-            });
-            prev = Some(c);
-            if boundary && c.is_alphanumeric() {
-                let start = self.pos + offset;
-                if let Some(len) = link_at(&text[start..]) {
-                    self.pos = start + len;
-                    return Some(&text[start..start + len]);
+        while self.pos < text.len() {
+            let rest = &text[self.pos..];
+            let blank = rest.len() - rest.trim_start().len();
+            if blank > 0 {
+                self.pos += blank;
+                continue;
+            }
+            // A link never spans whitespace, and needs a `.` (a domain) or a `:` (`://`): a run
+            // of text without either holds none, wherever it starts, so skip it whole. Most
+            // words are skipped here at a byte scan.
+            let chunk_start = self.pos;
+            let chunk = &rest[..rest.find(char::is_whitespace).unwrap_or(rest.len())];
+            self.pos += chunk.len();
+            if !chunk.bytes().any(|b| b == b'.' || b == b':') {
+                continue;
+            }
+            let mut prev = text[..chunk_start].chars().next_back();
+            for (offset, c) in chunk.char_indices() {
+                let boundary = prev.is_none_or(|p| {
+                    matches!(
+                        p,
+                        ' ' | '\n' | '\t' | '\r' | '(' | '[' | '{' | '<' | '"' | '\''
+                    ) || (!p.is_ascii() && (p.is_whitespace() || matches!(p, '«' | '“' | '‘')))
+                });
+                prev = Some(c);
+                if boundary && c.is_alphanumeric() {
+                    let start = chunk_start + offset;
+                    if let Some(len) = link_at(&text[start..]) {
+                        self.pos = start + len;
+                        return Some(&text[start..start + len]);
+                    }
                 }
             }
         }
-        self.pos = text.len();
         None
     }
 }
