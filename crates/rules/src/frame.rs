@@ -56,6 +56,15 @@ pub struct Frame<'a> {
     pub counter_keys: &'a [OnceCell<Option<u128>>],
 }
 
+/// Appends the low `digits` hex digits of `value` (lower case, zero-padded): `{:0digits$x}`
+/// without the formatting machinery, which costs more than the rest of a band or key.
+pub fn push_hex(out: &mut bumpalo::collections::String<'_>, value: u64, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for nibble in (0..digits).rev() {
+        out.push(char::from(HEX[((value >> (4 * nibble)) & 0xf) as usize]));
+    }
+}
+
 /// The text a facet's byte range covers, if the range is valid for `text`.
 fn facet_slice(text: &str, start: i64, end: i64) -> Option<&str> {
     text.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
@@ -247,8 +256,11 @@ impl<'a> Frame<'a> {
                 return &[];
             }
             self.list((0..4u32).map(|band| {
-                let bits = (h >> (band * 16)) & 0xffff;
-                bumpalo::format!(in self.bump, "{}:{:04x}", band, bits).into_bump_str() as &str
+                let mut s = bumpalo::collections::String::with_capacity_in(6, self.bump);
+                s.push(char::from(b'0' + band as u8));
+                s.push(':');
+                push_hex(&mut s, (h >> (band * 16)) & 0xffff, 4);
+                s.into_bump_str() as &str
             }))
         })
     }

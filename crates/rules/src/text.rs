@@ -839,12 +839,7 @@ pub fn misleading_link(anchor_text: &str, target_uri: &str) -> bool {
 /// of some length. 0 for text without tokens. Unlike [`fingerprint`], links, mentions and
 /// numbers are included.
 pub fn simhash(normalized: &str) -> u64 {
-    let mut counts = [0i32; 64];
-    let mut add = |h: u64| {
-        for (bit, count) in counts.iter_mut().enumerate() {
-            *count += ((h >> bit) & 1) as i32 * 2 - 1;
-        }
-    };
+    let mut bits = BitVotes::new();
     let mut prev: Option<u64> = None;
     let mut first = 0;
     let mut n = 0usize;
@@ -855,7 +850,7 @@ pub fn simhash(normalized: &str) -> u64 {
                 let mut pair = [0u8; 16];
                 pair[..8].copy_from_slice(&p.to_le_bytes());
                 pair[8..].copy_from_slice(&h.to_le_bytes());
-                add(xxh3_64(&pair));
+                bits.add(xxh3_64(&pair));
             }
             None => first = h,
         }
@@ -864,13 +859,81 @@ pub fn simhash(normalized: &str) -> u64 {
     }
     match n {
         0 => return 0,
-        1 => add(first),
+        1 => bits.add(first),
         _ => {}
     }
-    counts
-        .iter()
-        .enumerate()
-        .fold(0, |acc, (bit, &c)| if c > 0 { acc | 1 << bit } else { acc })
+    bits.majority()
+}
+
+/// `SPREAD[b]` has byte `i` set to bit `i` of `b` (0 or 1).
+static SPREAD: [u64; 256] = {
+    let mut table = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut i = 0;
+        while i < 8 {
+            table[b] |= ((b as u64 >> i) & 1) << (8 * i);
+            i += 1;
+        }
+        b += 1;
+    }
+    table
+};
+
+/// Per-bit votes of SimHash features, each feature voting +1 for its set bits and -1 for the
+/// others. Counts set bits eight at a time: byte `j` of `lanes[k]` counts bit `8k + j`, with a
+/// table lookup and an add per byte of a feature instead of 64 adds.
+struct BitVotes {
+    ones: [u32; 64],
+    lanes: [u64; 8],
+    in_lanes: u32,
+    features: u32,
+}
+
+impl BitVotes {
+    fn new() -> Self {
+        BitVotes {
+            ones: [0; 64],
+            lanes: [0; 8],
+            in_lanes: 0,
+            features: 0,
+        }
+    }
+
+    fn add(&mut self, h: u64) {
+        for (k, lane) in self.lanes.iter_mut().enumerate() {
+            *lane += SPREAD[((h >> (8 * k)) & 0xff) as usize];
+        }
+        self.in_lanes += 1;
+        self.features += 1;
+        // A byte lane holds at most 255.
+        if self.in_lanes == 255 {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        for (k, lane) in self.lanes.iter_mut().enumerate() {
+            for j in 0..8 {
+                self.ones[8 * k + j] += ((*lane >> (8 * j)) & 0xff) as u32;
+            }
+            *lane = 0;
+        }
+        self.in_lanes = 0;
+    }
+
+    /// The bits more features set than cleared.
+    fn majority(mut self) -> u64 {
+        self.flush();
+        let features = u64::from(self.features);
+        self.ones.iter().enumerate().fold(0, |acc, (bit, &ones)| {
+            if 2 * u64::from(ones) > features {
+                acc | 1 << bit
+            } else {
+                acc
+            }
+        })
+    }
 }
 
 /// Number of differing bits between two [`simhash`]es (0 = same features, 64 = opposite).

@@ -358,7 +358,11 @@ fields! {
     "text.fingerprint": String ?o = "exact-after-normalisation fingerprint (hex) for counting duplicates; missing for empty text"
         => |f| match f.fingerprint() {
             0 => Val::Missing,
-            fp => s(bumpalo::format!(in f.bump, "{:016x}", fp).into_bump_str()),
+            fp => {
+                let mut hex = bumpalo::collections::String::with_capacity_in(16, f.bump);
+                crate::frame::push_hex(&mut hex, fp, 16);
+                s(hex.into_bump_str())
+            }
         };
     "text.simhash_bands": List = "the SimHash cut into four 16-bit bands (`0:1a2b`, `1:...`): texts whose SimHashes differ in 3 bits or fewer always share a band, and most light edits do, so a counter keyed by the bands counts near-duplicates"
         => |f| Val::List(f.simhash_bands());
