@@ -6,9 +6,12 @@
 //! its children and records where its subtree ends), the text of every key and string, and the
 //! payloads of byte strings and links. [`Value`] is a borrowed view of one node.
 //!
-//! Decoding goes through `serde_ipld_dagcbor` with a visitor that appends nodes, so a tree
-//! accepts exactly the inputs [`crate::data::decode_cbor`] accepts, and [`Tree::to_ipld`] gives
-//! back the value that decoding into [`Ipld`] would have given.
+//! Decoding reads the shapes records are made of (integers, strings, bytes, lists, maps, links,
+//! booleans and null, with minimal-length heads) directly; anything else (floats, integers
+//! beyond `i64`, non-minimal heads, other tags and simple values, deep nesting, duplicate keys,
+//! malformed input) goes through `serde_ipld_dagcbor` with a visitor that appends nodes. So a
+//! tree accepts exactly the inputs [`crate::data::decode_cbor`] accepts, and [`Tree::to_ipld`]
+//! gives back the value that decoding into [`Ipld`] would have given.
 
 use crate::data::{DataError, Ipld, check_blob_json, decode_base64, model_err};
 use cid::Cid;
@@ -89,11 +92,28 @@ fn span(start: usize, len: usize) -> Result<(u32, u32), String> {
 impl Tree {
     /// Decodes one DAG-CBOR value. Fails exactly when [`crate::data::decode_cbor`] fails.
     pub fn from_cbor(bytes: &[u8]) -> Result<Tree, DataError> {
-        let mut tree = Tree {
+        Tree::from_cbor_direct(bytes).map_or_else(|| Tree::from_cbor_general(bytes), Ok)
+    }
+
+    fn empty_for(bytes: &[u8]) -> Tree {
+        Tree {
             nodes: Vec::with_capacity(bytes.len() / 8 + 1),
             text: String::with_capacity(bytes.len()),
             bin: Vec::new(),
-        };
+        }
+    }
+
+    /// The common shapes, read directly (see the module documentation); `None` for the rest.
+    fn from_cbor_direct(bytes: &[u8]) -> Option<Tree> {
+        let mut tree = Tree::empty_for(bytes);
+        let mut direct = Direct { bytes, at: 0 };
+        direct.value(&mut tree, 0)?;
+        (direct.at == bytes.len()).then_some(tree)
+    }
+
+    /// Everything, through `serde_ipld_dagcbor`.
+    fn from_cbor_general(bytes: &[u8]) -> Result<Tree, DataError> {
+        let mut tree = Tree::empty_for(bytes);
         let mut de = serde_ipld_dagcbor::de::Deserializer::from_slice(bytes);
         NodeSeed(&mut tree)
             .deserialize(&mut de)
@@ -498,6 +518,137 @@ fn too_large(path: &str) -> impl FnOnce(String) -> DataError + '_ {
 }
 
 /// Deserializes one value by appending its nodes to the tree.
+/// The direct decoder behind [`Tree::from_cbor`]: `None` leaves the input to
+/// `serde_ipld_dagcbor`, which decodes what this does not handle and words the errors.
+struct Direct<'b> {
+    bytes: &'b [u8],
+    at: usize,
+}
+
+impl<'b> Direct<'b> {
+    /// Nesting this decoder handles; deeper values (far beyond any record) take the general path.
+    const MAX_DEPTH: usize = 64;
+    /// Keys of one map this decoder handles.
+    const MAX_KEYS: usize = 32;
+
+    fn take(&mut self, n: usize) -> Option<&'b [u8]> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len())?;
+        let taken = &self.bytes[self.at..end];
+        self.at = end;
+        Some(taken)
+    }
+
+    /// A head: major type, and the argument, which must be minimally encoded.
+    fn head(&mut self) -> Option<(u8, u64)> {
+        let first = *self.take(1)?.first()?;
+        let (major, info) = (first >> 5, first & 0x1f);
+        let (arg, smallest) = match info {
+            0..=23 => (u64::from(info), 0),
+            24 => (u64::from(self.take(1)?[0]), 24),
+            25 => (
+                u64::from(u16::from_be_bytes(self.take(2)?.try_into().ok()?)),
+                0x100,
+            ),
+            26 => (
+                u64::from(u32::from_be_bytes(self.take(4)?.try_into().ok()?)),
+                0x1_0000,
+            ),
+            27 => (
+                u64::from_be_bytes(self.take(8)?.try_into().ok()?),
+                0x1_0000_0000,
+            ),
+            _ => return None,
+        };
+        (arg >= smallest).then_some((major, arg))
+    }
+
+    /// The payload of a byte or text string whose head announced `len` bytes.
+    fn payload(&mut self, len: u64) -> Option<&'b [u8]> {
+        self.take(usize::try_from(len).ok()?)
+    }
+
+    fn value(&mut self, tree: &mut Tree, depth: usize) -> Option<()> {
+        if depth > Self::MAX_DEPTH {
+            return None;
+        }
+        let simple = *self.bytes.get(self.at)?;
+        if simple >> 5 == 7 {
+            self.at += 1;
+            tree.nodes.push(match simple & 0x1f {
+                20 => Node::Bool(false),
+                21 => Node::Bool(true),
+                22 => Node::Null,
+                _ => return None,
+            });
+            return Some(());
+        }
+        let (major, arg) = self.head()?;
+        // Every item takes at least a byte: a count beyond what is left is malformed.
+        let count = |d: &Self| {
+            usize::try_from(arg)
+                .ok()
+                .filter(|&n| n <= d.bytes.len() - d.at)
+        };
+        match major {
+            0 => tree.nodes.push(Node::Int(i64::try_from(arg).ok()?)),
+            1 => tree.nodes.push(Node::Int(-1 - i64::try_from(arg).ok()?)),
+            2 => {
+                let (s, l) = tree.push_bin(self.payload(arg)?).ok()?;
+                tree.nodes.push(Node::Bytes(s, l));
+            }
+            3 => {
+                let text = std::str::from_utf8(self.payload(arg)?).ok()?;
+                let (s, l) = tree.push_text(text).ok()?;
+                tree.nodes.push(Node::Str(s, l));
+            }
+            4 => {
+                let len = count(self)?;
+                let at = tree.open(Node::List { len: 0, end: 0 });
+                for _ in 0..len {
+                    self.value(tree, depth + 1)?;
+                }
+                tree.close(at, len).ok()?;
+            }
+            5 => {
+                // Keys seen, to find duplicates (refused by the general path, with its error);
+                // wider maps, rare in records, take that path too.
+                let mut keys = [""; Self::MAX_KEYS];
+                let len = count(self).filter(|&n| n <= Self::MAX_KEYS)?;
+                let at = tree.open(Node::Map { len: 0, end: 0 });
+                for i in 0..len {
+                    let (3, key_len) = self.head()? else {
+                        return None;
+                    };
+                    let key = std::str::from_utf8(self.payload(key_len)?).ok()?;
+                    if keys[..i].contains(&key) {
+                        return None;
+                    }
+                    keys[i] = key;
+                    let (s, l) = tree.push_text(key).ok()?;
+                    tree.nodes.push(Node::Str(s, l));
+                    self.value(tree, depth + 1)?;
+                }
+                tree.close(at, len).ok()?;
+            }
+            6 if arg == 42 => {
+                let (2, len) = self.head()? else {
+                    return None;
+                };
+                // A CID in DAG-CBOR: a zero byte (the identity multibase), then the binary CID.
+                let bytes = self.payload(len)?;
+                let (0, cid) = bytes.split_first()? else {
+                    return None;
+                };
+                Cid::try_from(cid).ok()?;
+                let (s, l) = tree.push_bin(cid).ok()?;
+                tree.nodes.push(Node::Link(s, l));
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+}
+
 struct NodeSeed<'t>(&'t mut Tree);
 
 impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
@@ -665,6 +816,109 @@ mod tests {
             m.insert("float".into(), Ipld::Float(1.5));
         }
         v
+    }
+
+    /// A deterministic value generator: nested maps and lists of every kind, with the integer
+    /// edges where heads change width.
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn value(&mut self, depth: usize) -> Ipld {
+            const INTS: [i128; 14] = [
+                0,
+                23,
+                24,
+                255,
+                256,
+                65_535,
+                65_536,
+                -1,
+                -24,
+                -25,
+                4_294_967_296,
+                i64::MAX as i128,
+                i64::MIN as i128,
+                -(1i128 << 64),
+            ];
+            const TEXTS: [&str; 5] = ["", "text", "héllo wörld", "🚀", "$type"];
+            match self.next() % if depth > 3 { 7 } else { 9 } {
+                0 => Ipld::Null,
+                1 => Ipld::Bool(self.next().is_multiple_of(2)),
+                2 => Ipld::Integer(INTS[(self.next() % 14) as usize]),
+                3 => Ipld::String(
+                    TEXTS[(self.next() % 5) as usize].repeat((self.next() % 30) as usize),
+                ),
+                4 => Ipld::Bytes(vec![7u8; (self.next() % 300) as usize]),
+                5 => Ipld::Link(crate::data::cid_for(0x71, &self.next().to_le_bytes())),
+                6 => Ipld::Float([1.5, -0.0, 1e300][(self.next() % 3) as usize]),
+                7 => Ipld::List(
+                    (0..self.next() % 5)
+                        .map(|_| self.value(depth + 1))
+                        .collect(),
+                ),
+                _ => Ipld::Map(
+                    (0..self.next() % 40)
+                        .map(|i| (format!("k{}", i * 7 % 13), self.value(depth + 1)))
+                        .collect(),
+                ),
+            }
+        }
+    }
+
+    /// No floats, no integers beyond `i64`, no map wider than the direct decoder takes.
+    fn plain_shape(v: &Ipld) -> bool {
+        match v {
+            Ipld::Float(_) => false,
+            Ipld::Integer(i) => i64::try_from(*i).is_ok(),
+            Ipld::List(l) => l.iter().all(plain_shape),
+            Ipld::Map(m) => m.len() <= Direct::MAX_KEYS && m.values().all(plain_shape),
+            _ => true,
+        }
+    }
+
+    /// The direct decoder against the general one: on values of every kind and on corrupted
+    /// encodings of them, whatever the direct decoder accepts, the general one accepts as the
+    /// same tree, and it accepts the plain shapes records are made of.
+    #[test]
+    fn direct_decoding_agrees_with_the_general_decoder() {
+        let mut g = Gen(0x5eed_1234_abcd_0001);
+        let (mut direct, mut plain) = (0, 0);
+        for round in 0..4_000 {
+            let value = g.value(0);
+            let mut bytes = encode_cbor(&value).unwrap();
+            if round % 2 == 1 && !bytes.is_empty() {
+                // Corrupt: flip a byte, cut the tail, or append a byte.
+                let i = (g.next() % bytes.len() as u64) as usize;
+                match g.next() % 3 {
+                    0 => bytes[i] ^= 1 << (g.next() % 8),
+                    1 => bytes.truncate(i),
+                    _ => bytes.push(0),
+                }
+            }
+            let general = Tree::from_cbor_general(&bytes);
+            if let Some(tree) = Tree::from_cbor_direct(&bytes) {
+                direct += 1;
+                let general = general.unwrap_or_else(|e| panic!("{bytes:02x?}: {e}"));
+                assert_eq!(tree.nodes, general.nodes, "{bytes:02x?}");
+                assert_eq!(tree.text, general.text);
+                assert_eq!(tree.bin, general.bin);
+            }
+            if round % 2 == 0 && plain_shape(&value) {
+                plain += 1;
+                assert!(Tree::from_cbor_direct(&bytes).is_some(), "{value:?}");
+            }
+        }
+        assert!(
+            direct > 1_000 && plain > 500,
+            "{direct} direct, {plain} plain"
+        );
     }
 
     #[test]
