@@ -321,7 +321,7 @@ async fn backtest(
             };
         }
         if let skywarden_atproto::event::EventBody::Identity { handle: Some(h) } = &event.body {
-            account.handle = Some(h.to_string());
+            account.handle = Some(h.clone());
         }
         let account = account.clone();
         firings.clear();

@@ -540,12 +540,9 @@ fn snapshot_name(config: &EngineConfig, what: &str) -> String {
 }
 
 /// The partition of a DID among `partitions` (also the account-state shard among that many
-/// shards): stable across runs (FNV-1a).
+/// shards): stable across runs (xxh3, unseeded).
 pub fn partition_of(did: &str, partitions: usize) -> usize {
-    let h = did.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    });
-    (h % partitions as u64) as usize
+    (xxhash_rust::xxh3::xxh3_64(did.as_bytes()) % partitions as u64) as usize
 }
 
 /// The evaluation time of an event: its own time, so a replay counts into the same windows
@@ -604,7 +601,7 @@ async fn worker(
                 };
                 if let Lookup::Known(id) = lookup {
                     if account.handle.is_none() {
-                        account.handle.clone_from(&id.handle);
+                        account.handle = id.handle.as_deref().map(Into::into);
                     }
                     account.pds_host.clone_from(&id.pds_host);
                     account.created_at = id.created_at;

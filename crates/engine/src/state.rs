@@ -173,6 +173,9 @@ impl CounterStore for CounterView<'_> {
     }
 }
 
+/// One shard of account state, by DID.
+type AccountMap = HashMap<String, AccountState, foldhash::fast::RandomState>;
+
 /// What the engine keeps about one account, from the stream itself.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AccountState {
@@ -193,7 +196,7 @@ pub struct AccountState {
     pub followers: i64,
     /// Handle from the latest `#identity` event, if any.
     #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
-    pub handle: Option<String>,
+    pub handle: Option<skywarden_atproto::CompactString>,
     /// Whether the latest profile record has an avatar.
     #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
     pub has_avatar: Option<bool>,
@@ -207,7 +210,7 @@ pub struct AccountState {
 
 /// Every account seen, sharded by DID.
 pub struct Accounts {
-    shards: Vec<Mutex<HashMap<String, AccountState>>>,
+    shards: Vec<Mutex<AccountMap>>,
 }
 
 impl Accounts {
@@ -215,12 +218,12 @@ impl Accounts {
     pub fn new(shards: usize) -> Self {
         Accounts {
             shards: (0..shards.max(1))
-                .map(|_| Mutex::new(HashMap::new()))
+                .map(|_| Mutex::new(AccountMap::default()))
                 .collect(),
         }
     }
 
-    fn shard(&self, did: &str) -> &Mutex<HashMap<String, AccountState>> {
+    fn shard(&self, did: &str) -> &Mutex<AccountMap> {
         &self.shards[crate::pipeline::partition_of(did, self.shards.len())]
     }
 
@@ -255,7 +258,7 @@ impl Accounts {
             match &event.body {
                 EventBody::Identity {
                     handle: Some(handle),
-                } => state.handle = Some(handle.to_string()),
+                } => state.handle = Some(handle.clone()),
                 EventBody::Commit(commit) => {
                     for op in &commit.ops {
                         let delta = match op.action {

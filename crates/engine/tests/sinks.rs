@@ -243,7 +243,16 @@ async fn notify_effects_reach_their_webhook_and_a_dead_receiver_stalls_only_its_
             .unwrap()
             .id
     );
-    let metrics = engine.metrics().render();
+    // Its first failure takes a timeout and a retry (about 0.4 s): the engine and the live
+    // sink may well be done before that.
+    let mut metrics = String::new();
+    for _ in 0..250 {
+        metrics = engine.metrics().render();
+        if metrics.contains("skywarden_sink_failures_total{sink=\"archive\"}") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         metrics.contains("skywarden_sink_failures_total{sink=\"archive\"}"),
         "{metrics}"

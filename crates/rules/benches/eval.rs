@@ -106,7 +106,7 @@ fn mix() -> Vec<(Event, Account)> {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let accounts: Vec<Account> = (0..ACCOUNTS)
         .map(|i| Account {
-            handle: Some(format!("user{i}.bsky.social")),
+            handle: Some(format!("user{i}.bsky.social").into()),
             created_at: (i % 10 != 0).then(|| T0 - (i as i64 % 700) * 86_400_000_000),
             followers: Some((i % 500) as i64),
             ..Account::default()

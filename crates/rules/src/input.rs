@@ -11,7 +11,7 @@ use skywarden_atproto::event::{Action, Event, EventBody, Op};
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Account {
     /// Current handle, if known.
-    pub handle: Option<String>,
+    pub handle: Option<skywarden_atproto::CompactString>,
     /// Host name of the account's PDS, if known.
     pub pds_host: Option<String>,
     /// When the account was created (microseconds since the epoch), if known.

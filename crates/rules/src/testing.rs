@@ -178,7 +178,7 @@ fn account(doc: Option<&AccountDoc>, now: i64) -> Result<Account, DocError> {
             .transpose()
     };
     Ok(Account {
-        handle: d.handle.clone(),
+        handle: d.handle.as_deref().map(CompactString::from),
         pds_host: d.pds_host.clone(),
         created_at: ago(&d.age)?,
         first_seen: ago(&d.seen_age)?,
@@ -500,7 +500,7 @@ pub fn capture_events(text: &str, base: &Account) -> Result<Vec<(Event, Account)
     let mut account = base.clone();
     // What the capture knew about the account fills what the fixture did not say.
     if account.handle.is_none() {
-        account.handle = meta["Identity"]["Handle"].as_str().map(str::to_string);
+        account.handle = meta["Identity"]["Handle"].as_str().map(CompactString::from);
     }
     account.has_avatar = account
         .has_avatar
@@ -590,7 +590,7 @@ pub fn account_from_json(v: &serde_json::Value) -> Result<Option<Account>, Strin
             .unwrap_or_default()
     };
     Ok(Some(Account {
-        handle: a["handle"].as_str().map(str::to_string),
+        handle: a["handle"].as_str().map(CompactString::from),
         pds_host: a["pdsHost"].as_str().map(str::to_string),
         created_at: time("createdAt")?,
         first_seen: time("firstSeen")?,

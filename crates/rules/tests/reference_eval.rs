@@ -122,7 +122,7 @@ impl Case {
             created_at: a.age.map(|age| self.now - age),
             followers: a.followers,
             posts: a.posts,
-            handle: a.handle.clone(),
+            handle: a.handle.as_deref().map(Into::into),
             ..Default::default()
         }
     }
