@@ -222,7 +222,12 @@ pub fn normalize_into(input: &str, out: &mut String) {
         || (unicode_normalization::is_nfkc_quick(input.chars())
             == unicode_normalization::IsNormalized::Yes
             && !input.chars().any(is_invisible));
-    if already_nfkc {
+    if is_plain_ascii(input) {
+        // Printable ASCII words separated by single spaces, as most text is: only the case
+        // changes.
+        out.push_str(input);
+        out.make_ascii_lowercase();
+    } else if already_nfkc {
         // Word by word, so that ASCII words (most of any text) are copied and lower-cased in
         // bulk; between words, as in `push_folded`, a space is pending once something is out.
         for word in input.split_ascii_whitespace() {
@@ -246,6 +251,16 @@ pub fn normalize_into(input: &str, out: &mut String) {
         }
     }
     fold_leet(out);
+}
+
+/// Whether `s` is printable ASCII with single spaces between words and none at either end:
+/// text that normalisation only lower-cases (before the leet step).
+fn is_plain_ascii(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.first() != Some(&b' ')
+        && b.last() != Some(&b' ')
+        && b.iter().all(|&c| (b' '..=b'~').contains(&c))
+        && !b.windows(2).any(|w| w == b"  ")
 }
 
 /// Steps 3 and 4 of [`normalize_into`] for one NFKC character.
@@ -414,9 +429,52 @@ pub fn is_word_char(c: char) -> bool {
 /// Word tokens of (normalised) text: maximal runs of [`is_word_char`] characters; everything
 /// else separates tokens and is dropped (`"café über-cool!"` → `café`, `über`, `cool`).
 pub fn tokens(normalized: &str) -> impl Iterator<Item = &str> {
-    normalized
-        .split(|c: char| !is_word_char(c))
-        .filter(|t| !t.is_empty())
+    Tokens { rest: normalized }
+}
+
+/// Iterator behind [`tokens`]: ASCII bytes are classified without decoding a character.
+struct Tokens<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Tokens<'a> {
+    /// Length of the leading run of characters whose word-ness is `word`.
+    fn run(&self, word: bool) -> usize {
+        let bytes = self.rest.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            let (is_word, len) = if b.is_ascii() {
+                (b.is_ascii_alphanumeric(), 1)
+            } else {
+                let c = self.rest[i..]
+                    .chars()
+                    .next()
+                    .expect("a character starts here");
+                (is_word_char(c), c.len_utf8())
+            };
+            if is_word != word {
+                break;
+            }
+            i += len;
+        }
+        i
+    }
+}
+
+impl<'a> Iterator for Tokens<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        self.rest = &self.rest[self.run(false)..];
+        let len = self.run(true);
+        if len == 0 {
+            return None;
+        }
+        let (token, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        Some(token)
+    }
 }
 
 /// Whether the byte range `start..end` of `haystack` is a whole word: each end is at the edge
@@ -565,7 +623,14 @@ pub fn mentions(text: &str) -> impl Iterator<Item = &str> {
 /// as Bluesky does with its TLD list), and must be followed by the end, `/`, `?`, `#` or a
 /// `:port`. Returned slices are not lower-cased or otherwise altered.
 pub fn links(text: &str) -> impl Iterator<Item = &str> {
-    Links { text, pos: 0 }
+    // Every link has a `.` or a `:` (see `Links::next`): text with neither, most short posts,
+    // is done at one byte scan.
+    let pos = if text.bytes().any(|b| b == b'.' || b == b':') {
+        0
+    } else {
+        text.len()
+    };
+    Links { text, pos }
 }
 
 /// Iterator behind [`links`].
