@@ -442,23 +442,23 @@ impl<'a> Tokens<'a> {
     fn run(&self, word: bool) -> usize {
         let bytes = self.rest.as_bytes();
         let mut i = 0;
-        while i < bytes.len() {
-            let b = bytes[i];
-            let (is_word, len) = if b.is_ascii() {
-                (b.is_ascii_alphanumeric(), 1)
-            } else {
-                let c = self.rest[i..]
-                    .chars()
-                    .next()
-                    .expect("a character starts here");
-                (is_word_char(c), c.len_utf8())
-            };
-            if is_word != word {
-                break;
+        loop {
+            i += bytes[i..]
+                .iter()
+                .position(|&b| !b.is_ascii() || b.is_ascii_alphanumeric() != word)
+                .unwrap_or(bytes.len() - i);
+            if i == bytes.len() || bytes[i].is_ascii() {
+                return i;
             }
-            i += len;
+            let c = self.rest[i..]
+                .chars()
+                .next()
+                .expect("a character starts here");
+            if is_word_char(c) != word {
+                return i;
+            }
+            i += c.len_utf8();
         }
-        i
     }
 }
 
