@@ -178,12 +178,36 @@ fn settled_keys(action: &Action, mut f: impl FnMut(u128) -> bool) -> bool {
     }
 }
 
+/// An event under evaluation, and the copy its pending effects share: made on the first
+/// firing and reused by the event's later units, as most events fire nothing.
+pub struct FiringEvent<'a> {
+    event: &'a Event,
+    shared: Option<Arc<Event>>,
+}
+
+impl<'a> FiringEvent<'a> {
+    /// `event`, not yet copied.
+    pub fn new(event: &'a Event) -> Self {
+        FiringEvent {
+            event,
+            shared: None,
+        }
+    }
+
+    fn shared(&mut self) -> Arc<Event> {
+        let event = self.event;
+        self.shared
+            .get_or_insert_with(|| Arc::new(event.clone()))
+            .clone()
+    }
+}
+
 /// Pending effects for the firings of one unit (`unit` is the op index, 0 for non-commits).
 /// The firings' actions move into the pending effects; `firings` is left empty. An action
 /// whose states the subject is known to be in already ([`SettledStates::covers`]) is counted
 /// as `deduplicated` here and goes no further.
 pub fn pending(
-    event: &Arc<Event>,
+    firing_event: &mut FiringEvent<'_>,
     unit: usize,
     now: i64,
     firings: &mut Vec<Firing>,
@@ -194,7 +218,8 @@ pub fn pending(
     if firings.is_empty() {
         return;
     }
-    let id = event_id(event);
+    let event = firing_event.shared();
+    let id = event_id(&event);
     let unit_digits = unit.to_string();
     let mut position = String::new();
     for firing in firings.drain(..) {
@@ -607,10 +632,21 @@ mod tests {
         let (settled, metrics) = (SettledStates::default(), Metrics::new(1));
         let mut out = Vec::new();
         let mut firings = vec![firing(2)];
-        pending(&event, 0, 1, &mut firings, &settled, &metrics, &mut out);
+        let mut shared = FiringEvent::new(&event);
+        pending(
+            &mut shared,
+            0,
+            1,
+            &mut firings,
+            &settled,
+            &metrics,
+            &mut out,
+        );
         assert!(firings.is_empty());
         let mut more = vec![firing(1)];
-        pending(&event, 12, 1, &mut more, &settled, &metrics, &mut out);
+        pending(&mut shared, 12, 1, &mut more, &settled, &metrics, &mut out);
+        // One copy of the event, shared by every effect of its units.
+        assert!(out.iter().all(|p| Arc::ptr_eq(&p.event, &out[0].event)));
         let keys: Vec<&str> = out
             .iter()
             .map(|p| p.effect.idempotency_key.as_str())
@@ -761,7 +797,16 @@ mod tests {
             actions: vec![action(flag()), action(label("spam", false))],
         }];
         let mut out = Vec::new();
-        pending(&event, 0, 1, &mut firings, &settled, &metrics, &mut out);
+        let mut shared = FiringEvent::new(&event);
+        pending(
+            &mut shared,
+            0,
+            1,
+            &mut firings,
+            &settled,
+            &metrics,
+            &mut out,
+        );
         let verbs: Vec<&str> = out.iter().map(|p| p.action.verb.name()).collect();
         assert_eq!(verbs, ["label"]);
     }

@@ -170,6 +170,43 @@ struct Envelope {
     dispatched: Instant,
 }
 
+/// Emptied batches, handed back by the workers for the dispatcher to fill again: a batch's
+/// memory stays warm instead of being freed on a worker's thread and allocated afresh on the
+/// dispatcher's for every batch.
+#[derive(Clone)]
+struct BatchPool {
+    spare: Arc<std::sync::Mutex<Vec<Vec<Envelope>>>>,
+    batch_size: usize,
+    /// Spare batches kept at most: as many as can be in flight.
+    limit: usize,
+}
+
+impl BatchPool {
+    fn new(batch_size: usize, limit: usize) -> Self {
+        BatchPool {
+            spare: Arc::default(),
+            batch_size,
+            limit,
+        }
+    }
+
+    /// An empty batch with room for `batch_size` events.
+    fn take(&self) -> Vec<Envelope> {
+        let spare = self.spare.lock().ok().and_then(|mut spare| spare.pop());
+        spare.unwrap_or_else(|| Vec::with_capacity(self.batch_size))
+    }
+
+    /// Returns an emptied batch to the pool.
+    fn give(&self, mut batch: Vec<Envelope>) {
+        batch.clear();
+        if let Ok(mut spare) = self.spare.lock()
+            && spare.len() < self.limit
+        {
+            spare.push(batch);
+        }
+    }
+}
+
 struct Done {
     partition: usize,
     events: u64,
@@ -298,9 +335,8 @@ impl Engine {
         // Events travel to workers in batches: one wake-up per batch, not per event.
         let batch_size = self.config.batch_size.max(1);
         let queue_batches = self.config.queue_capacity.div_ceil(batch_size).max(1);
-        let mut batches: Vec<Vec<Envelope>> = (0..partitions)
-            .map(|_| Vec::with_capacity(batch_size))
-            .collect();
+        let pool = BatchPool::new(batch_size, partitions * (queue_batches + 2));
+        let mut batches: Vec<Vec<Envelope>> = (0..partitions).map(|_| pool.take()).collect();
         let mut queues = Vec::with_capacity(partitions);
         let mut workers = Vec::with_capacity(partitions);
         for p in 0..partitions {
@@ -309,6 +345,7 @@ impl Engine {
             workers.push(tokio::spawn(worker(
                 p,
                 rx,
+                pool.clone(),
                 done_tx.clone(),
                 self.rules.clone(),
                 self.accounts.clone(),
@@ -353,7 +390,7 @@ impl Engine {
                             >= self.config.checkpoint_interval)
                     || self.rules.reload_pending();
                 if due {
-                    flush(&queues, &mut batches).await?;
+                    flush(&queues, &mut batches, &pool).await?;
                     self.barrier(dispatched_total, &mut durable_rx, &mut failed_rx)
                         .await?;
                     if self.rules.take_request() {
@@ -371,7 +408,7 @@ impl Engine {
                     Some(next) => Some(next.transpose()?),
                     None => {
                         clock.expire();
-                        flush(&queues, &mut batches).await?;
+                        flush(&queues, &mut batches, &pool).await?;
                         tokio::select! {
                             biased;
                             _ = shutdown.wait_for(|stop| *stop) => None,
@@ -402,7 +439,7 @@ impl Engine {
                     dispatched,
                 });
                 if batches[p].len() >= batch_size {
-                    let full = std::mem::replace(&mut batches[p], Vec::with_capacity(batch_size));
+                    let full = std::mem::replace(&mut batches[p], pool.take());
                     match queues[p].try_send(full) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(full)) => {
@@ -421,7 +458,7 @@ impl Engine {
                     break;
                 }
             }
-            flush(&queues, &mut batches).await?;
+            flush(&queues, &mut batches, &pool).await?;
             self.barrier(dispatched_total, &mut durable_rx, &mut failed_rx)
                 .await?;
             self.checkpoint(last_cursor, &mut summary).await?;
@@ -514,10 +551,11 @@ impl Engine {
 async fn flush(
     queues: &[mpsc::Sender<Vec<Envelope>>],
     batches: &mut [Vec<Envelope>],
+    pool: &BatchPool,
 ) -> Result<(), EngineError> {
     for (queue, batch) in queues.iter().zip(batches.iter_mut()) {
         if !batch.is_empty() {
-            let full = std::mem::replace(batch, Vec::with_capacity(batch.capacity()));
+            let full = std::mem::replace(batch, pool.take());
             if queue.send(full).await.is_err() {
                 return Err(EngineError::Restore("a worker stopped".into()));
             }
@@ -555,6 +593,7 @@ pub fn event_time(event: &Event) -> i64 {
 async fn worker(
     partition: usize,
     mut rx: mpsc::Receiver<Vec<Envelope>>,
+    pool: BatchPool,
     done: mpsc::Sender<Done>,
     rules: Arc<RulesSlot>,
     accounts: Arc<Accounts>,
@@ -583,8 +622,9 @@ async fn worker(
             effects: Vec::new(),
         };
         for (nth, envelope) in batch.drain(..).enumerate() {
-            // Shared with the pending effects it fires, which render it only if logged.
-            let event = Arc::new(envelope.event);
+            let event = envelope.event;
+            // Copied for the pending effects it fires, if any (they render it if logged).
+            let mut firing_event = effects::FiringEvent::new(&event);
             let now = event_time(&event);
             let mut account = accounts.observe(&event, now);
             if let Some(identity) = &identity {
@@ -625,7 +665,7 @@ async fn worker(
                     hits[f.rule] += 1;
                 }
                 effects::pending(
-                    &event,
+                    &mut firing_event,
                     unit,
                     now,
                     &mut firings,
@@ -643,6 +683,7 @@ async fn worker(
             out.last_event_time = out.last_event_time.max(now);
             out.dispatched.push(envelope.dispatched);
         }
+        pool.give(batch);
         for (kind, n) in ["commit", "identity", "account", "sync"]
             .into_iter()
             .zip(kinds)
