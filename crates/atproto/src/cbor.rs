@@ -194,7 +194,7 @@ pub(crate) fn map_key<'b>(
     // Canonical order is by encoded length, then bytewise.
     let in_order = previous.is_none_or(|p| match p.len().cmp(&encoded.len()) {
         std::cmp::Ordering::Less => true,
-        std::cmp::Ordering::Equal => p < encoded,
+        std::cmp::Ordering::Equal => precedes(p, encoded),
         std::cmp::Ordering::Greater => false,
     });
     let utf8 = text.is_ascii() || std::str::from_utf8(text).is_ok();
@@ -204,6 +204,14 @@ pub(crate) fn map_key<'b>(
         end,
         canonical: h.minimal && utf8 && in_order,
     })
+}
+
+/// `a < b` for slices of one length: map keys are short, and a loop beats a `memcmp` call.
+fn precedes(a: &[u8], b: &[u8]) -> bool {
+    a.iter()
+        .zip(b)
+        .find(|(x, y)| x != y)
+        .is_some_and(|(x, y)| x < y)
 }
 
 /// Appends a head with the shortest encoding of `arg`.

@@ -27,7 +27,7 @@ pub struct Metrics {
     /// Time to evaluate one event (all its units), seconds.
     pub evaluation_seconds: Histogram,
     /// Time from an event's dispatch to its effects being durable, seconds.
-    pub event_latency_seconds: Histogram,
+    pub event_latency_seconds: BatchHistogram,
     /// Failed ruleset reloads.
     pub reload_failures: Counter,
     /// Successful ruleset reloads.
@@ -96,7 +96,7 @@ impl Metrics {
             rule_hits: Family::default(),
             actions: Family::default(),
             evaluation_seconds: Histogram::new(exponential_buckets(1e-6, 2.0, 20)),
-            event_latency_seconds: Histogram::new(exponential_buckets(1e-5, 1.25, 72)),
+            event_latency_seconds: BatchHistogram::new(exponential_buckets(1e-5, 1.25, 72)),
             reload_failures: Counter::default(),
             reloads: Counter::default(),
             checkpoints: Counter::default(),
@@ -433,5 +433,159 @@ impl Collector for LiveCollector {
             )?;
         }
         Ok(())
+    }
+}
+
+/// A histogram observed a batch at a time: one lock per batch and a binary search per value,
+/// where `prometheus-client`'s [`Histogram`] takes a lock and scans its buckets per value (the
+/// latency histogram sees every event and has 72 buckets). Exported as an OpenMetrics
+/// histogram like any other.
+#[derive(Debug, Clone)]
+pub struct BatchHistogram {
+    inner: Arc<Mutex<HistogramState>>,
+}
+
+#[derive(Debug)]
+struct HistogramState {
+    /// Upper bounds, ascending; the last one, `f64::MAX`, is exported as +Inf.
+    bounds: Vec<f64>,
+    /// Observations per bucket (not cumulative), parallel to `bounds`.
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl HistogramState {
+    fn observe_n(&mut self, value: f64, n: u64) {
+        // The first bucket whose upper bound holds `value` (`le` is inclusive). The last
+        // bucket, +Inf, holds everything else, infinity and NaN included, so that it always
+        // equals the count.
+        let last = self.bounds.len() - 1;
+        let i = if value.is_nan() {
+            last
+        } else {
+            self.bounds
+                .partition_point(|&upper| upper < value)
+                .min(last)
+        };
+        self.counts[i] += n;
+        self.sum += value * n as f64;
+        self.count += n;
+    }
+}
+
+/// Observations made under one lock of a [`BatchHistogram`].
+pub struct HistogramBatch<'a>(std::sync::MutexGuard<'a, HistogramState>);
+
+impl HistogramBatch<'_> {
+    /// Records `n` observations of `value`.
+    pub fn observe_n(&mut self, value: f64, n: u64) {
+        self.0.observe_n(value, n);
+    }
+}
+
+impl BatchHistogram {
+    /// A histogram with these upper bounds (ascending) and a final +Inf bucket.
+    pub fn new(bounds: impl IntoIterator<Item = f64>) -> Self {
+        let mut bounds: Vec<f64> = bounds.into_iter().collect();
+        bounds.push(f64::MAX);
+        BatchHistogram {
+            inner: Arc::new(Mutex::new(HistogramState {
+                counts: vec![0; bounds.len()],
+                bounds,
+                sum: 0.0,
+                count: 0,
+            })),
+        }
+    }
+
+    /// Locks the histogram for a batch of observations.
+    pub fn batch(&self) -> HistogramBatch<'_> {
+        HistogramBatch(self.inner.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, value: f64) {
+        self.batch().observe_n(value, 1);
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for BatchHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for BatchHistogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let (sum, count, buckets) = {
+            let state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let buckets: Vec<(f64, u64)> = state
+                .bounds
+                .iter()
+                .copied()
+                .zip(state.counts.iter().copied())
+                .collect();
+            (state.sum, state.count, buckets)
+        };
+        encoder
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The batch histogram exports exactly what `prometheus-client`'s own histogram exports
+    /// for the same finite observations, bucket edges (`le` is inclusive) included; infinity
+    /// and NaN, which that histogram counts but leaves out of every bucket, land in +Inf.
+    #[test]
+    fn batch_histogram_exports_like_the_library_histogram() {
+        let values = [
+            0.0,
+            1e-5,
+            1.0000001e-5,
+            0.003,
+            0.003,
+            0.003,
+            0.04,
+            2.5,
+            1e9,
+            -1.0,
+        ];
+        let reference = Histogram::new(exponential_buckets(1e-5, 1.25, 72));
+        let batched = BatchHistogram::new(exponential_buckets(1e-5, 1.25, 72));
+        let mut batch = batched.batch();
+        for run in values.chunk_by(|a, b| a == b) {
+            batch.observe_n(run[0], run.len() as u64);
+        }
+        drop(batch);
+        for v in values {
+            reference.observe(v);
+        }
+        let encode = |metric: &dyn Fn(&mut Registry)| {
+            let mut registry = Registry::default();
+            metric(&mut registry);
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text
+        };
+        let expected = encode(&|r| r.register("latency", "help", reference.clone()));
+        let got = encode(&|r| r.register("latency", "help", batched.clone()));
+        assert!(expected.contains("latency_bucket{le=\"+Inf\"} 10\n"));
+        assert!(expected.contains("latency_bucket{le=\"0.003"));
+        assert_eq!(got, expected);
+
+        batched.observe(f64::INFINITY);
+        batched.observe(f64::NAN);
+        let got = encode(&|r| r.register("latency", "help", batched.clone()));
+        assert!(got.contains("latency_count 12\n"), "{got}");
+        assert!(got.contains("latency_bucket{le=\"+Inf\"} 12\n"), "{got}");
     }
 }

@@ -796,17 +796,18 @@ async fn writer(
         };
         let now = Instant::now();
         let live = &metrics.live;
+        let mut latencies = metrics.event_latency_seconds.batch();
         for m in messages.drain(..) {
             live.durable[m.partition].fetch_add(m.events, Relaxed);
             live.durable_event_time
                 .fetch_max(m.last_event_time, Relaxed);
-            for t in &m.dispatched {
-                metrics
-                    .event_latency_seconds
-                    .observe(now.duration_since(*t).as_secs_f64());
+            // Dispatch times come from a coarse clock: runs of events share one.
+            for run in m.dispatched.chunk_by(|a, b| a == b) {
+                latencies.observe_n(now.duration_since(run[0]).as_secs_f64(), run.len() as u64);
             }
             total += m.events;
         }
+        drop(latencies);
         durable.send_replace(total);
         if outcomes.contains(&effects::Outcome::Applied) {
             sinks_wake.notify_waiters();
