@@ -44,6 +44,17 @@ struct CarHeader {
     roots: Vec<Cid>,
 }
 
+/// The payload of the varint-length-prefixed item at `pos`: its start and end, or `None` when
+/// the input ends first.
+fn length_prefixed(input: &[u8], pos: usize) -> Option<(usize, usize)> {
+    let (len, used) = read_varint(&input[pos..])?;
+    let start = pos + used;
+    let end = start
+        .checked_add(usize::try_from(len).ok()?)
+        .filter(|&e| e <= input.len())?;
+    Some((start, end))
+}
+
 /// Reads an unsigned LEB128 varint; returns the value and the bytes it used.
 pub fn read_varint(input: &[u8]) -> Option<(u64, usize)> {
     let mut value: u64 = 0;
@@ -82,11 +93,10 @@ fn one_root_header(header: &[u8]) -> Option<Cid> {
 impl<'a> Car<'a> {
     /// Parses a CAR v1 without checking block hashes (see [`Car::verify_all`]).
     pub fn parse(input: &'a [u8]) -> Result<Self, CarError> {
-        let (header_len, used) = read_varint(input).ok_or(CarError::Truncated(0))?;
-        let header_end = used
-            .checked_add(header_len as usize)
-            .filter(|&e| e <= input.len())
-            .ok_or(CarError::Truncated(used))?;
+        // `let else`, not `ok_or`: an error built eagerly would be dropped for every section.
+        let Some((used, header_end)) = length_prefixed(input, 0) else {
+            return Err(CarError::Truncated(0));
+        };
         let roots = match one_root_header(&input[used..header_end]) {
             Some(root) => vec![root],
             None => {
@@ -106,12 +116,9 @@ impl<'a> Car<'a> {
         let mut blocks = Vec::with_capacity(8);
         let mut pos = header_end;
         while pos < input.len() {
-            let (len, used) = read_varint(&input[pos..]).ok_or(CarError::Truncated(pos))?;
-            let start = pos + used;
-            let end = start
-                .checked_add(len as usize)
-                .filter(|&e| e <= input.len())
-                .ok_or(CarError::Truncated(pos))?;
+            let Some((start, end)) = length_prefixed(input, pos) else {
+                return Err(CarError::Truncated(pos));
+            };
             let section = &input[start..end];
             let (cid, block) = match read_sha256_cid_v1(section) {
                 Some(found) => found,

@@ -263,14 +263,14 @@ impl<'a> SignedCommit<'a> {
                     }
                     let raw = &bytes[a..b];
                     match (key.text, h.major) {
-                        (b"did", 3) => did = Some(std::str::from_utf8(raw).ok()?),
-                        (b"rev", 3) => rev = Some(std::str::from_utf8(raw).ok()?),
+                        (b"did", 3) => did = Some(crate::cbor::utf8(raw)?),
+                        (b"rev", 3) => rev = Some(crate::cbor::utf8(raw)?),
                         (b"sig", 2) => {
                             sig = Some(raw);
                             sig_entry = Some((entry, b));
                         }
                         (_, 3) => {
-                            std::str::from_utf8(raw).ok()?;
+                            crate::cbor::utf8(raw)?;
                         }
                         _ => {}
                     }

@@ -393,7 +393,7 @@ mod commit_scan {
 
     fn text(bytes: &[u8], at: usize) -> Option<(&str, usize)> {
         let (start, end) = string_of(bytes, at, 3)?;
-        Some((std::str::from_utf8(&bytes[start..end]).ok()?, end))
+        Some((crate::cbor::utf8(&bytes[start..end])?, end))
     }
 
     fn byte_string(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {

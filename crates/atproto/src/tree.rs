@@ -597,7 +597,7 @@ impl<'b> Direct<'b> {
                 tree.nodes.push(Node::Bytes(s, l));
             }
             3 => {
-                let text = std::str::from_utf8(self.payload(arg)?).ok()?;
+                let text = crate::cbor::utf8(self.payload(arg)?)?;
                 let (s, l) = tree.push_text(text).ok()?;
                 tree.nodes.push(Node::Str(s, l));
             }
@@ -619,7 +619,7 @@ impl<'b> Direct<'b> {
                     let (3, key_len) = self.head()? else {
                         return None;
                     };
-                    let key = std::str::from_utf8(self.payload(key_len)?).ok()?;
+                    let key = crate::cbor::utf8(self.payload(key_len)?)?;
                     if keys[..i].contains(&key) {
                         return None;
                     }

@@ -611,7 +611,6 @@ async fn worker(
             return;
         };
         let active: Arc<Active> = rules.active();
-        let mut evaluations = vec![0u64; active.ruleset.rules.len()];
         let mut hits = vec![0u64; active.ruleset.rules.len()];
         let mut kinds = [0u64; 4];
         let mut out = Done {
@@ -651,9 +650,6 @@ async fn worker(
             // clock around every event would cost more than evaluating a like.
             let started = (nth % EVALUATION_SAMPLE == 0).then(Instant::now);
             for (unit, input) in Input::units(&event, &account, now).enumerate() {
-                for &i in active.ruleset.rule_routes.get(&input.subject()) {
-                    evaluations[i] += 1;
-                }
                 firings.clear();
                 evaluator.evaluate(
                     &active.ruleset,
@@ -707,10 +703,10 @@ async fn worker(
                 &rule_counters.insert((active.clone(), counters)).1
             }
         };
-        for (i, (evaluated, hit)) in evaluations.iter().zip(&hits).enumerate() {
-            if *evaluated > 0 {
-                counters.evaluations[i].inc_by(*evaluated);
-            }
+        evaluator.drain_evaluations(|i, n| {
+            counters.evaluations[i].inc_by(n);
+        });
+        for (i, hit) in hits.iter().enumerate() {
             if *hit > 0 {
                 counters.hits[i].inc_by(*hit);
             }

@@ -3,6 +3,7 @@
 use crate::backoff::Backoff;
 use crate::metrics::SourceMetrics;
 use crate::{RawFrame, now_micros};
+use bytes::Bytes;
 use futures_util::StreamExt as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -83,8 +84,8 @@ impl Default for WsSettings {
 
 /// What a read from a WebSocket transport produced.
 pub(crate) enum WsRead {
-    /// A data message.
-    Data(Vec<u8>),
+    /// A data message, as the socket's buffer holds it (not copied).
+    Data(Bytes),
     /// The connection ended (closed or failed); reconnect.
     Closed(String),
 }
@@ -125,7 +126,7 @@ impl Ws {
     pub(crate) async fn read(
         &mut self,
         url: impl Fn() -> Result<Url, String>,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Bytes, String> {
         loop {
             if self.socket.is_none() {
                 let url = url()?;
@@ -198,8 +199,8 @@ impl Ws {
         };
         loop {
             match socket.next().await {
-                Some(Ok(Message::Binary(b))) => return WsRead::Data(b.to_vec()),
-                Some(Ok(Message::Text(t))) => return WsRead::Data(t.as_bytes().to_vec()),
+                Some(Ok(Message::Binary(b))) => return WsRead::Data(b),
+                Some(Ok(Message::Text(t))) => return WsRead::Data(t.into()),
                 Some(Ok(Message::Close(frame))) => {
                     return WsRead::Closed(format!("closed by server: {frame:?}"));
                 }
@@ -239,7 +240,7 @@ impl FirehoseTransport {
             .read(|| stream_url(&self.base, SUBSCRIBE_REPOS, cursor))
             .await?;
         Ok(RawFrame {
-            bytes: bytes.into(),
+            bytes,
             received_micros: now_micros(),
         })
     }

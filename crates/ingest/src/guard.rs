@@ -47,10 +47,11 @@ struct RepoState {
 pub struct StreamGuard {
     last_cursor: Option<i64>,
     repos: HashMap<u64, RepoState, BuildHasherDefault<Prehashed>>,
-    hasher: std::collections::hash_map::RandomState,
+    /// Seeded per process, so DIDs chosen to collide cannot be computed in advance.
+    hasher: foldhash::quality::RandomState,
 }
 
-/// The map's hasher: its keys are already keyed SipHashes of DIDs, so they are used as they
+/// The map's hasher: its keys are already keyed hashes of DIDs, so they are used as they
 /// are instead of being hashed a second time.
 #[derive(Default)]
 struct Prehashed(u64);

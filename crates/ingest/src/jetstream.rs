@@ -69,7 +69,7 @@ impl JetstreamTransport {
                 bytes
             } else {
                 match decompress(&bytes, &self.dictionary, self.ws.max_frame_bytes()) {
-                    Ok(json) => json,
+                    Ok(json) => json.into(),
                     Err(e) => {
                         self.ws.metrics.decode_errors.fetch_add(1, Relaxed);
                         tracing::warn!(error = %e, "undecodable Jetstream message skipped");
@@ -78,7 +78,7 @@ impl JetstreamTransport {
                 }
             };
             return Ok(RawFrame {
-                bytes: json.into(),
+                bytes: json,
                 received_micros: now_micros(),
             });
         }

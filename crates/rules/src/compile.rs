@@ -189,6 +189,9 @@ pub enum Node {
     Regex(Box<Node>, usize),
     /// A built-in call.
     Call(Builtin, Box<[Node]>),
+    /// `s.contains("text")` with a literal: the searcher is built once, when the ruleset loads,
+    /// not at every evaluation.
+    ContainsText(Box<Node>, Box<memchr::memmem::Finder<'static>>),
     /// `has(field)`
     Has(Reader),
     /// `x.orValue(d)`: `d` where `x` is missing.
@@ -1087,6 +1090,13 @@ impl Compiler<'_> {
             } else {
                 nodes.push(self.want(arg, *want, &format!("the argument of {name}()"))?);
             }
+        }
+        if builtin == Builtin::Contains
+            && let Some(Node::Lit(Lit::Str(text))) = nodes.get(1)
+        {
+            let finder = memchr::memmem::Finder::new(text.as_bytes()).into_owned();
+            let s = nodes.swap_remove(0);
+            return Ok((Node::ContainsText(Box::new(s), Box::new(finder)), ret));
         }
         Ok((Node::Call(builtin, nodes.into()), ret))
     }

@@ -157,6 +157,10 @@ impl<'a> Cx<'_, 'a> {
                 v => v,
             },
             Node::Call(b, args) => self.call(*b, args),
+            Node::ContainsText(s, finder) => match self.operand(s) {
+                Val::Str(s) => Val::Bool(finder.find(s.as_bytes()).is_some()),
+                _ => Val::Missing,
+            },
             Node::Loop {
                 kind,
                 range,

@@ -33,6 +33,8 @@ pub struct Evaluator {
     pub include_off: bool,
     /// Units whose evaluation panicked (a bug): they are skipped, the stream goes on.
     pub failed_units: u64,
+    /// Evaluations per rule index since the last [`Evaluator::drain_evaluations`].
+    evaluations: Vec<u64>,
 }
 
 impl Evaluator {
@@ -66,6 +68,18 @@ impl Evaluator {
         }
     }
 
+    /// Calls `f` with each rule index evaluated since the last drain and how many times, then
+    /// starts counting again. The indexes are those of the ruleset passed to
+    /// [`Evaluator::evaluate`]: drain before evaluating with another ruleset.
+    pub fn drain_evaluations(&mut self, mut f: impl FnMut(usize, u64)) {
+        for (i, n) in self.evaluations.iter_mut().enumerate() {
+            if *n > 0 {
+                f(i, *n);
+                *n = 0;
+            }
+        }
+    }
+
     fn evaluate_unit(
         &mut self,
         ruleset: &Ruleset,
@@ -82,7 +96,8 @@ impl Evaluator {
             counter_keys: &ruleset.counter_keys,
             store: None,
         };
-        for &i in ruleset.counter_routes.get(&subject) {
+        let route = ruleset.routes.get(&subject);
+        for &i in &route.counters {
             let counter = &ruleset.counters[i];
             if let Some(when) = &counter.when
                 && keys_only.eval(when) != Val::Bool(true)
@@ -119,13 +134,16 @@ impl Evaluator {
             store: Some(&*counters),
             ..keys_only
         };
-        let routes = if self.include_off {
-            &ruleset.all_rule_routes
+        let rules = if self.include_off {
+            &route.all_rules
         } else {
-            &ruleset.rule_routes
+            &route.rules
         };
-        let rules = routes.get(&subject);
+        if self.evaluations.len() != ruleset.rules.len() {
+            self.evaluations = vec![0; ruleset.rules.len()];
+        }
         for &i in rules {
+            self.evaluations[i] += 1;
             let rule = &ruleset.rules[i];
             if cx.eval(&rule.when) == Val::Bool(true) {
                 out.push(bind(ruleset, i, &cx));

@@ -303,63 +303,66 @@ impl std::hash::Hasher for RouteHasher {
     }
 }
 
-/// Rule and counter indexes per kind of unit: routing costs one hash lookup per unit.
+/// What applies to one kind of unit, by index: the counters that count it and the rules
+/// evaluated on it.
+#[derive(Debug, Clone, Default)]
+pub struct Route {
+    /// Counters that count the unit.
+    pub counters: Vec<usize>,
+    /// Live and shadow rules.
+    pub rules: Vec<usize>,
+    /// Every rule, `off` ones included (for rule tests).
+    pub all_rules: Vec<usize>,
+}
+
+/// The [`Route`] of every kind of unit: routing costs one hash lookup per unit.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
-    by_collection: HashMap<String, [Vec<usize>; 3], std::hash::BuildHasherDefault<RouteHasher>>,
-    any_record: [Vec<usize>; 3],
-    identity: Vec<usize>,
-    account: Vec<usize>,
+    by_collection: HashMap<String, [Route; 3], std::hash::BuildHasherDefault<RouteHasher>>,
+    any_record: [Route; 3],
+    identity: Route,
+    account: Route,
+    sync: Route,
 }
 
 impl Routes {
-    fn build(selectors: &[&[Selector]]) -> Routes {
-        let mut r = Routes::default();
-        let collections: Vec<String> = selectors
-            .iter()
-            .flat_map(|s| s.iter())
-            .filter_map(|s| match &s.target {
-                Target::Collection(c) => Some(c.clone()),
-                _ => None,
-            })
-            .collect();
-        for c in collections {
-            r.by_collection.entry(c).or_default();
-        }
-        for (i, sels) in selectors.iter().enumerate() {
-            for (action, a) in [OpAction::Create, OpAction::Update, OpAction::Delete]
-                .into_iter()
-                .enumerate()
+    /// Routes for counters and rules declared `on` these selectors, in declaration order.
+    fn build(counters: &[&[Selector]], live: &[&[Selector]], all: &[&[Selector]]) -> Routes {
+        let route = |subject: &Subject<'_>| {
+            let matching = |selectors: &[&[Selector]]| -> Vec<usize> {
+                (0..selectors.len())
+                    .filter(|&i| selectors[i].iter().any(|sel| sel.matches(subject)))
+                    .collect()
+            };
+            Route {
+                counters: matching(counters),
+                rules: matching(live),
+                all_rules: matching(all),
+            }
+        };
+        let record = |collection: &str| {
+            [OpAction::Create, OpAction::Update, OpAction::Delete]
+                .map(|action| route(&Subject::Record { action, collection }))
+        };
+        let mut by_collection = HashMap::default();
+        for selector in [counters, all].into_iter().flatten().flat_map(|s| s.iter()) {
+            if let Target::Collection(c) = &selector.target
+                && !by_collection.contains_key(c)
             {
-                for (c, slots) in &mut r.by_collection {
-                    let s = Subject::Record {
-                        action: a,
-                        collection: c,
-                    };
-                    if sels.iter().any(|sel| sel.matches(&s)) {
-                        slots[action].push(i);
-                    }
-                }
-                let any = Subject::Record {
-                    action: a,
-                    collection: "\u{0}unlisted",
-                };
-                if sels.iter().any(|sel| sel.matches(&any)) {
-                    r.any_record[action].push(i);
-                }
-            }
-            if sels.iter().any(|s| s.matches(&Subject::Identity)) {
-                r.identity.push(i);
-            }
-            if sels.iter().any(|s| s.matches(&Subject::Account)) {
-                r.account.push(i);
+                by_collection.insert(c.clone(), record(c));
             }
         }
-        r
+        Routes {
+            by_collection,
+            any_record: record("\u{0}unlisted"),
+            identity: route(&Subject::Identity),
+            account: route(&Subject::Account),
+            sync: route(&Subject::Sync),
+        }
     }
 
-    /// Indexes that apply to a unit.
-    pub fn get(&self, subject: &Subject<'_>) -> &[usize] {
+    /// What applies to a unit.
+    pub fn get(&self, subject: &Subject<'_>) -> &Route {
         match subject {
             Subject::Record { action, collection } => {
                 let slots = self
@@ -370,7 +373,7 @@ impl Routes {
             }
             Subject::Identity => &self.identity,
             Subject::Account => &self.account,
-            Subject::Sync => &[],
+            Subject::Sync => &self.sync,
         }
     }
 }
@@ -395,12 +398,8 @@ pub struct Ruleset {
     pub regexes: Option<regex::RegexSet>,
     /// Regex sources, by index.
     pub regex_patterns: Vec<String>,
-    /// Rule routes (live and shadow rules).
-    pub rule_routes: Routes,
-    /// Rule routes including `off` rules, for tests.
-    pub all_rule_routes: Routes,
-    /// Counter routes.
-    pub counter_routes: Routes,
+    /// The counters and rules that apply to each kind of unit.
+    pub routes: Routes,
     /// Inline test cases.
     pub tests: Vec<TestCase>,
     /// Fixture files to replay in `rules test`.
@@ -1199,9 +1198,7 @@ impl Ruleset {
         let counter_sels: Vec<&[Selector]> = counters.iter().map(|c| &c.on[..]).collect();
         Ok(Ruleset {
             version,
-            rule_routes: Routes::build(&live),
-            all_rule_routes: Routes::build(&all),
-            counter_routes: Routes::build(&counter_sels),
+            routes: Routes::build(&counter_sels, &live, &all),
             rules,
             counters,
             counter_keys,

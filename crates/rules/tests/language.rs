@@ -555,3 +555,153 @@ flag = "x"
     );
     assert!(f.is_empty());
 }
+
+#[test]
+fn contains_with_a_literal_agrees_with_contains_with_a_value() {
+    // A literal needle is searched with a searcher built at load; a needle from the event is
+    // searched at evaluation. Both must answer alike, missing text included.
+    let rs = ruleset(
+        r#"
+[constants]
+NEEDLE = "spam ✓"
+
+[[rule]]
+name = "literal"
+on = ["post"]
+when = "record.post.text.contains(NEEDLE)"
+[[rule.action]]
+flag = "literal"
+
+[[rule]]
+name = "from-the-record"
+on = ["post"]
+when = "record.post.text.contains(record.get('needle'))"
+[[rule.action]]
+flag = "value"
+
+[[rule]]
+name = "not-literal"
+on = ["post"]
+when = "!record.post.text.contains('spam ✓')"
+[[rule.action]]
+flag = "not"
+
+[[rule]]
+name = "title-without-it"
+on = ["post"]
+when = "!record.get('title').contains('spam ✓')"
+[[rule.action]]
+flag = "title"
+"#,
+    );
+    let mut run = Run::new(rs);
+    let account = Account::default();
+    let cases = [
+        ("buy spam ✓ now", true),
+        ("spam ✓", true),
+        ("spam", false),
+        ("SPAM ✓", false),
+        ("", false),
+        ("spam ✗ spam ✓", true),
+    ];
+    for (i, (text, hit)) in cases.into_iter().enumerate() {
+        let t = T0 + i as i64 * 1_000_000;
+        let fired = run.post(
+            DID,
+            t,
+            serde_json::json!({"text": text, "needle": "spam ✓", "createdAt": "2024-06-01T12:00:00Z"}),
+            &account,
+        );
+        let want: Vec<&str> = if hit {
+            vec!["literal", "from-the-record"]
+        } else {
+            vec!["not-literal"]
+        };
+        assert_eq!(names(&fired), want, "text {text:?}");
+    }
+    // A missing haystack makes `contains` missing, negated or not: only a present title
+    // without the needle fires.
+    let fired = run.post(
+        DID,
+        T0 + 100_000_000,
+        serde_json::json!({"text": "spam ✓", "title": "hello", "needle": "spam ✓", "createdAt": "2024-06-01T12:00:00Z"}),
+        &account,
+    );
+    assert_eq!(
+        names(&fired),
+        vec!["literal", "from-the-record", "title-without-it"]
+    );
+}
+
+#[test]
+fn evaluations_are_tallied_per_rule_and_drained() {
+    let rs = ruleset(
+        r#"
+[[rule]]
+name = "posts"
+on = ["post"]
+when = "true"
+[[rule.action]]
+flag = "p"
+
+[[rule]]
+name = "likes"
+on = ["like"]
+when = "false"
+[[rule.action]]
+flag = "l"
+
+[[rule]]
+name = "everything-off"
+mode = "off"
+on = ["*"]
+when = "true"
+[[rule.action]]
+flag = "o"
+"#,
+    );
+    let mut run = Run::new(rs);
+    let account = Account::default();
+    for i in 0..3 {
+        run.post(
+            DID,
+            T0 + i,
+            serde_json::json!({"text": "x", "createdAt": "2024-06-01T12:00:00Z"}),
+            &account,
+        );
+    }
+    let like = serde_json::json!({
+        "subject": {"uri": "at://did:plc:bob/app.bsky.feed.post/3k00000000001", "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"},
+        "createdAt": "2024-06-01T12:00:00Z"
+    });
+    run.record(
+        DID,
+        T0 + 10,
+        "app.bsky.feed.like",
+        OpAction::Create,
+        Some(like),
+        &account,
+    );
+    let mut tally = Vec::new();
+    run.eval.drain_evaluations(|rule, n| tally.push((rule, n)));
+    // `off` rules are not evaluated by the engine, so not counted.
+    assert_eq!(tally, vec![(0, 3), (1, 1)]);
+    let mut again = Vec::new();
+    run.eval.drain_evaluations(|rule, n| again.push((rule, n)));
+    assert!(
+        again.is_empty(),
+        "a drain starts the count again: {again:?}"
+    );
+    // Rule tests evaluate `off` rules too, and count them.
+    run.eval.include_off = true;
+    run.post(
+        DID,
+        T0 + 20,
+        serde_json::json!({"text": "x", "createdAt": "2024-06-01T12:00:00Z"}),
+        &account,
+    );
+    let mut with_off = Vec::new();
+    run.eval
+        .drain_evaluations(|rule, n| with_off.push((rule, n)));
+    assert_eq!(with_off, vec![(0, 1), (2, 1)]);
+}
