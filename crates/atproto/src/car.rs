@@ -35,7 +35,41 @@ pub struct Car<'a> {
     /// The root CIDs (a commit CAR has one: the signed commit).
     pub roots: Vec<Cid>,
     /// The blocks in file order. Commits carry a handful, so lookups scan linearly.
-    pub blocks: Vec<(Cid, &'a [u8])>,
+    pub blocks: Vec<Block<'a>>,
+}
+
+/// One block of a CAR, borrowed from the input: its CID as encoded (checked to be a CID when
+/// the CAR was parsed) and its bytes. The CID is compared in its encoded form, so only the
+/// blocks a reader asks for cost a parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block<'a> {
+    /// The block's CID, encoded.
+    pub cid_bytes: &'a [u8],
+    /// The block's bytes.
+    pub data: &'a [u8],
+}
+
+impl Block<'_> {
+    /// The block's CID.
+    pub fn cid(&self) -> Cid {
+        match read_sha256_cid_v1(self.cid_bytes) {
+            Some((cid, _)) => cid,
+            None => Cid::read_bytes(self.cid_bytes).expect("checked when the CAR was parsed"),
+        }
+    }
+
+    /// Whether the block is stored under `cid`.
+    pub fn is(&self, cid: &Cid) -> bool {
+        match self.cid_bytes {
+            [0x01, codec, 0x12, 0x20, digest @ ..] if *codec < 0x80 => {
+                cid.version() == cid::Version::V1
+                    && cid.codec() == u64::from(*codec)
+                    && cid.hash().code() == 0x12
+                    && cid.hash().digest() == digest
+            }
+            _ => self.cid() == *cid,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -120,18 +154,18 @@ impl<'a> Car<'a> {
                 return Err(CarError::Truncated(pos));
             };
             let section = &input[start..end];
-            let (cid, block) = match read_sha256_cid_v1(section) {
-                Some(found) => found,
-                None => {
-                    let mut rest = section;
-                    let cid = Cid::read_bytes(&mut rest).map_err(|e| CarError::Cid {
-                        offset: pos,
-                        message: e.to_string(),
-                    })?;
-                    (cid, rest)
-                }
+            let cid_len = if read_sha256_cid_v1(section).is_some() {
+                4 + 32
+            } else {
+                let mut rest = section;
+                Cid::read_bytes(&mut rest).map_err(|e| CarError::Cid {
+                    offset: pos,
+                    message: e.to_string(),
+                })?;
+                section.len() - rest.len()
             };
-            blocks.push((cid, block));
+            let (cid_bytes, data) = section.split_at(cid_len);
+            blocks.push(Block { cid_bytes, data });
             pos = end;
         }
         Ok(Car { roots, blocks })
@@ -139,13 +173,13 @@ impl<'a> Car<'a> {
 
     /// The block stored under `cid`, if the CAR carries it.
     pub fn get(&self, cid: &Cid) -> Option<&'a [u8]> {
-        self.blocks.iter().find(|(c, _)| c == cid).map(|(_, b)| *b)
+        self.blocks.iter().find(|b| b.is(cid)).map(|b| b.data)
     }
 
     /// Checks every block against its CID.
     pub fn verify_all(&self) -> Result<(), CarError> {
-        for (cid, bytes) in &self.blocks {
-            verify_block(cid, bytes)?;
+        for block in &self.blocks {
+            verify_block(&block.cid(), block.data)?;
         }
         Ok(())
     }
@@ -205,6 +239,40 @@ mod tests {
         let v0 = Cid::new_v0(*cid.hash()).unwrap().to_bytes();
         assert!(read_sha256_cid_v1(&v0).is_none());
         assert!(read_sha256_cid_v1(&cid.to_bytes()[..20]).is_none());
+    }
+
+    #[test]
+    fn blocks_are_found_by_their_encoded_cid_as_by_the_parsed_one() {
+        let a = cid_for_cbor(b"\xa0");
+        let cids = [
+            a,
+            crate::data::cid_for(0x55, b"x"),
+            Cid::new_v0(*a.hash()).unwrap(),
+            // The same digest under another codec, and another hash function.
+            Cid::new_v1(0x55, *a.hash()),
+            Cid::new_v1(
+                0x71,
+                multihash::Multihash::<64>::wrap(0x13, &[7; 64]).unwrap(),
+            ),
+        ];
+        let blocks: Vec<(Cid, Vec<u8>)> = (0u8..).zip(&cids).map(|(i, c)| (*c, vec![i])).collect();
+        let bytes = write_car(&[a], &blocks).unwrap();
+        let car = Car::parse(&bytes).unwrap();
+        assert_eq!(car.blocks.len(), cids.len());
+        for (block, want) in car.blocks.iter().zip(&cids) {
+            assert_eq!(block.cid(), *want);
+            for c in &cids {
+                assert_eq!(
+                    block.is(c),
+                    block.cid() == *c,
+                    "{} against {c}",
+                    block.cid()
+                );
+            }
+        }
+        for (i, c) in (0u8..).zip(&cids) {
+            assert_eq!(car.get(c), Some(&[i][..]));
+        }
     }
 
     #[test]

@@ -176,7 +176,7 @@ fn record_trees_agree_with_ipld_on_every_recorded_block() {
         let Ok(car) = Car::parse(commit.blocks) else {
             continue;
         };
-        for (_, block) in &car.blocks {
+        for block in car.blocks.iter().map(|b| b.data) {
             assert!(check(block));
             blocks += 1;
             // A truncated copy and a copy with one byte changed.
