@@ -32,10 +32,17 @@ pub enum CarError {
 /// A parsed CAR v1: its roots and its blocks, borrowed from the input bytes.
 #[derive(Debug, Clone)]
 pub struct Car<'a> {
-    /// The root CIDs (a commit CAR has one: the signed commit).
-    pub roots: Vec<Cid>,
+    /// The root CIDs (a commit CAR has one: the signed commit): see [`Car::roots`].
+    roots: Roots,
     /// The blocks in file order. Commits carry a handful, so lookups scan linearly.
     pub blocks: Vec<Block<'a>>,
+}
+
+/// A CAR's roots: the usual single root without an allocation.
+#[derive(Debug, Clone)]
+enum Roots {
+    One(Cid),
+    Any(Vec<Cid>),
 }
 
 /// One block of a CAR, borrowed from the input: its CID as encoded (checked to be a CID when
@@ -132,7 +139,7 @@ impl<'a> Car<'a> {
             return Err(CarError::Truncated(0));
         };
         let roots = match one_root_header(&input[used..header_end]) {
-            Some(root) => vec![root],
+            Some(root) => Roots::One(root),
             None => {
                 let header: CarHeader = serde_ipld_dagcbor::from_slice(&input[used..header_end])
                     .map_err(|e| CarError::Header(e.to_string()))?;
@@ -142,7 +149,7 @@ impl<'a> Car<'a> {
                         header.version
                     )));
                 }
-                header.roots
+                Roots::Any(header.roots)
             }
         };
         // A commit carries its signed block, the records and a few MST nodes: one allocation
@@ -169,6 +176,14 @@ impl<'a> Car<'a> {
             pos = end;
         }
         Ok(Car { roots, blocks })
+    }
+
+    /// The root CIDs, in header order.
+    pub fn roots(&self) -> &[Cid] {
+        match &self.roots {
+            Roots::One(root) => std::slice::from_ref(root),
+            Roots::Any(roots) => roots,
+        }
     }
 
     /// The block stored under `cid`, if the CAR carries it.
@@ -281,7 +296,7 @@ mod tests {
         let cid = cid_for_cbor(&block);
         let car = write_car(&[cid], &[(cid, block.clone())]).unwrap();
         let parsed = Car::parse(&car).unwrap();
-        assert_eq!(parsed.roots, vec![cid]);
+        assert_eq!(parsed.roots(), [cid]);
         assert_eq!(parsed.get(&cid), Some(block.as_slice()));
         parsed.verify_all().unwrap();
         for cut in 1..car.len() {
@@ -329,7 +344,7 @@ mod tests {
         // Any one-byte codec with a sha2-256 digest is read directly.
         let raw = crate::data::cid_for(0x55, b"x");
         let car = write_car(&[raw], &[]).unwrap();
-        assert_eq!(Car::parse(&car).unwrap().roots, vec![raw]);
+        assert_eq!(Car::parse(&car).unwrap().roots(), [raw]);
         let (len, used) = read_varint(&car).unwrap();
         assert_eq!(one_root_header(&car[used..used + len as usize]), Some(raw));
     }

@@ -451,7 +451,7 @@ impl SyncFrame<'_> {
     pub fn to_event(&self, key: Option<&PublicKey>) -> Result<Event, CommitError> {
         let car = Car::parse(self.blocks)?;
         let root = *car
-            .roots
+            .roots()
             .first()
             .ok_or_else(|| CommitError::BadCommit("#sync CAR has no root".into()))?;
         let block = car
