@@ -140,13 +140,14 @@ impl Ws {
                 let config = WebSocketConfig::default()
                     .max_message_size(Some(self.settings.max_frame_bytes.max(64 << 20)))
                     .max_frame_size(Some(self.settings.max_frame_bytes.max(64 << 20)));
-                match tokio_tungstenite::connect_async_with_config(
+                // Boxed: inline, the handshake's state (about 10 KB) would be part of every
+                // read's future, which is created for every frame; boxed, that is 400 bytes.
+                let connect = Box::pin(tokio_tungstenite::connect_async_with_config(
                     url.as_str(),
                     Some(config),
                     false,
-                )
-                .await
-                {
+                ));
+                match connect.await {
                     Ok((socket, _)) => {
                         if self.connected_once {
                             self.metrics.reconnects.fetch_add(1, Relaxed);
