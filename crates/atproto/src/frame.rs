@@ -333,26 +333,36 @@ pub struct ErrorFrame {
 
 /// Decodes one frame as received on the WebSocket.
 pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
-    if let Some(commit) = bytes
-        .strip_prefix(COMMIT_HEADER)
-        .and_then(commit_scan::commit)
-    {
-        return Ok(Frame::Commit(commit));
+    let scanned = if let Some(body) = bytes.strip_prefix(COMMIT_HEADER) {
+        body_scan::commit(body).map(Frame::Commit)
+    } else if let Some(body) = bytes.strip_prefix(IDENTITY_HEADER) {
+        body_scan::identity(body).map(Frame::Identity)
+    } else if let Some(body) = bytes.strip_prefix(ACCOUNT_HEADER) {
+        body_scan::account(body).map(Frame::Account)
+    } else {
+        None
+    };
+    match scanned {
+        Some(frame) => Ok(frame),
+        None => decode_frame_general(bytes),
     }
-    decode_frame_general(bytes)
 }
 
 /// The header of a `#commit` frame in canonical DAG-CBOR: `{"t": "#commit", "op": 1}`.
 const COMMIT_HEADER: &[u8] = b"\xa2\x61t\x67#commit\x62op\x01";
+/// The header of an `#identity` frame in canonical DAG-CBOR.
+const IDENTITY_HEADER: &[u8] = b"\xa2\x61t\x69#identity\x62op\x01";
+/// The header of an `#account` frame in canonical DAG-CBOR.
+const ACCOUNT_HEADER: &[u8] = b"\xa2\x61t\x68#account\x62op\x01";
 
-/// `#commit` bodies read in place. Almost every frame is a commit, and the general decoder
-/// spends most of its time on serde's machinery (a visitor per field, per op and per CID).
-/// The scan takes a body only when it is canonical DAG-CBOR with exactly the types
-/// [`CommitFrame`]'s fields have (other keys only with scalar values) and ends the frame;
+/// `#commit`, `#identity` and `#account` bodies read in place. They are almost every frame,
+/// and the general decoder spends most of its time on serde's machinery (a visitor per field,
+/// per op and per CID). The scan takes a body only when it is canonical DAG-CBOR with exactly
+/// the types the frame's fields have (other keys only with scalar values) and ends the frame;
 /// anything else returns `None` and goes to the general decoder, which then accepts or
 /// rejects it as it always has. So the scan changes speed, never what is accepted.
-mod commit_scan {
-    use super::{CommitFrame, RepoOp};
+mod body_scan {
+    use super::{AccountFrame, CommitFrame, IdentityFrame, RepoOp};
     use crate::cbor::{Head, head, map_key, string};
     use cid::Cid;
 
@@ -533,6 +543,57 @@ mod commit_scan {
             time: time?,
         })
     }
+
+    /// The fields `#identity` and `#account` bodies share (`seq`, `did`, `time`), read from a
+    /// whole body that ends the frame; `field` reads every other key's value and returns the
+    /// position after it.
+    fn account_event<'b>(
+        bytes: &'b [u8],
+        mut field: impl FnMut(&'b [u8], usize) -> Option<usize>,
+    ) -> Option<(i64, &'b str, &'b str)> {
+        let (mut seq, mut did, mut time) = (None, None, None);
+        let end = map(bytes, 0, |key, at| match key {
+            b"seq" => put(&mut seq, int(bytes, at)),
+            b"did" => put(&mut did, text(bytes, at)),
+            b"time" => put(&mut time, text(bytes, at)),
+            _ => field(key, at),
+        })?;
+        (end == bytes.len()).then_some((seq?, did?, time?))
+    }
+
+    /// A whole `#identity` body that ends the frame, or `None` (see the module docs).
+    pub(super) fn identity(bytes: &[u8]) -> Option<IdentityFrame<'_>> {
+        let mut handle = None;
+        let (seq, did, time) = account_event(bytes, |key, at| match key {
+            b"handle" if is_null(bytes, at) => Some(at + 1),
+            b"handle" => put(&mut handle, text(bytes, at)),
+            _ => other_scalar(bytes, at),
+        })?;
+        Some(IdentityFrame {
+            seq,
+            did,
+            time,
+            handle,
+        })
+    }
+
+    /// A whole `#account` body that ends the frame, or `None` (see the module docs).
+    pub(super) fn account(bytes: &[u8]) -> Option<AccountFrame<'_>> {
+        let (mut active, mut status) = (None, None);
+        let (seq, did, time) = account_event(bytes, |key, at| match key {
+            b"active" => put(&mut active, boolean(bytes, at)),
+            b"status" if is_null(bytes, at) => Some(at + 1),
+            b"status" => put(&mut status, text(bytes, at)),
+            _ => other_scalar(bytes, at),
+        })?;
+        Some(AccountFrame {
+            seq,
+            did,
+            time,
+            active: active?,
+            status,
+        })
+    }
 }
 
 /// Decodes one frame with serde alone: every frame type, and the commits the scan in
@@ -678,10 +739,7 @@ mod tests {
     }
 
     fn commit_header() -> Ipld {
-        map(vec![
-            ("op", Ipld::Integer(1)),
-            ("t", Ipld::String("#commit".into())),
-        ])
+        header("#commit")
     }
 
     fn op(action: &str, path: &str, cid: Option<Ipld>, prev: Option<Ipld>) -> Ipld {
@@ -770,7 +828,7 @@ mod tests {
         for (i, body) in bodies.iter().enumerate() {
             let bytes = frame(&commit_header(), body);
             assert!(bytes.starts_with(COMMIT_HEADER));
-            let scanned = commit_scan::commit(&bytes[COMMIT_HEADER.len()..]);
+            let scanned = body_scan::commit(&bytes[COMMIT_HEADER.len()..]);
             // The first seven bodies are the scan's; the rest it leaves to serde.
             assert_eq!(scanned.is_some(), i < 7, "body {i}: {body:?}");
             if let Some(commit) = scanned {
@@ -788,21 +846,121 @@ mod tests {
         // Every truncation and single-byte change of every body: the scan either gives what
         // serde gives or steps aside, so the results (values and errors) are the same.
         for body in bodies() {
-            let bytes = frame(&commit_header(), &body);
-            for end in 0..bytes.len() {
-                agree(&bytes[..end]);
+            agree_when_damaged(&frame(&commit_header(), &body));
+        }
+    }
+
+    /// `agree` on every truncation of a frame, every single-byte change, and a byte appended.
+    fn agree_when_damaged(bytes: &[u8]) {
+        for end in 0..bytes.len() {
+            agree(&bytes[..end]);
+        }
+        let mut damaged = bytes.to_vec();
+        for at in 0..bytes.len() {
+            for flip in [0x01u8, 0x02, 0x20, 0x40, 0x80, 0xff] {
+                damaged[at] ^= flip;
+                agree(&damaged);
+                damaged[at] ^= flip;
             }
-            let mut damaged = bytes.clone();
-            for at in 0..bytes.len() {
-                for flip in [0x01u8, 0x02, 0x20, 0x40, 0x80, 0xff] {
-                    damaged[at] ^= flip;
-                    agree(&damaged);
-                    damaged[at] ^= flip;
+        }
+        let mut trailing = bytes.to_vec();
+        trailing.push(0);
+        agree(&trailing);
+    }
+
+    fn header(t: &str) -> Ipld {
+        map(vec![
+            ("op", Ipld::Integer(1)),
+            ("t", Ipld::String(t.into())),
+        ])
+    }
+
+    /// `#identity` and `#account` bodies: how many the scan takes (the first ones), then the
+    /// bodies it leaves to serde.
+    fn identity_and_account_bodies() -> Vec<(&'static str, usize, Vec<Ipld>)> {
+        let did = (
+            "did",
+            Ipld::String("did:plc:ewvi7nxzyoun6zhxrhs64oiz".into()),
+        );
+        let seq = ("seq", Ipld::Integer(41));
+        let time = ("time", Ipld::String("2026-01-01T00:00:00.000Z".into()));
+        let body = |extra: Vec<(&str, Ipld)>, without: &str| {
+            let mut entries = vec![did.clone(), seq.clone(), time.clone()];
+            entries.retain(|(k, _)| *k != without);
+            entries.extend(extra);
+            map(entries)
+        };
+        let identity = vec![
+            body(vec![("handle", Ipld::String("alice.test".into()))], ""),
+            body(vec![], ""),
+            body(vec![("handle", Ipld::Null)], ""),
+            body(vec![("extra", Ipld::Integer(-7))], ""),
+            body(vec![("seq", Ipld::Integer(-3))], ""),
+            // Left to serde.
+            body(vec![("handle", Ipld::Integer(1))], ""),
+            body(vec![("extra", map(vec![("a", Ipld::Integer(1))]))], ""),
+            body(vec![], "time"),
+            body(vec![("seq", Ipld::String("1".into()))], ""),
+        ];
+        let active = |b: bool| ("active", Ipld::Bool(b));
+        let account = vec![
+            body(vec![active(true)], ""),
+            body(
+                vec![active(false), ("status", Ipld::String("takendown".into()))],
+                "",
+            ),
+            body(vec![active(false), ("status", Ipld::Null)], ""),
+            body(vec![active(true), ("extra", Ipld::Bool(false))], ""),
+            // Left to serde.
+            body(vec![], ""),
+            body(vec![("active", Ipld::Integer(1))], ""),
+            body(vec![active(true), ("status", Ipld::Integer(2))], ""),
+            body(vec![active(true), ("extra", Ipld::Float(0.5))], ""),
+            body(vec![active(true)], "did"),
+        ];
+        vec![("#identity", 5, identity), ("#account", 4, account)]
+    }
+
+    #[test]
+    fn identity_and_account_scans_agree_with_serde() {
+        for (t, taken, bodies) in identity_and_account_bodies() {
+            let header = header(t);
+            let prefix = encode_cbor(&header).unwrap();
+            assert_eq!(
+                prefix,
+                if t == "#identity" {
+                    IDENTITY_HEADER
+                } else {
+                    ACCOUNT_HEADER
                 }
+            );
+            for (i, body) in bodies.iter().enumerate() {
+                let bytes = frame(&header, body);
+                let rest = &bytes[prefix.len()..];
+                let scanned = if t == "#identity" {
+                    body_scan::identity(rest).map(Frame::Identity)
+                } else {
+                    body_scan::account(rest).map(Frame::Account)
+                };
+                assert_eq!(scanned.is_some(), i < taken, "{t} body {i}: {body:?}");
+                if let Some(scanned) = scanned {
+                    assert_eq!(
+                        format!("{scanned:?}"),
+                        format!("{:?}", decode_frame_general(&bytes).unwrap()),
+                        "{t} body {i}"
+                    );
+                }
+                agree(&bytes);
             }
-            let mut trailing = bytes.clone();
-            trailing.push(0);
-            agree(&trailing);
+        }
+    }
+
+    #[test]
+    fn damaged_identity_and_account_frames_decode_as_serde_decodes_them() {
+        for (t, _, bodies) in identity_and_account_bodies() {
+            for body in bodies {
+                agree_when_damaged(&frame(&header(t), &body));
+            }
         }
     }
 
@@ -829,7 +987,7 @@ mod tests {
             entries
         };
         assert_eq!(raw_map(&canonical), encode_cbor(&bodies()[0]).unwrap());
-        assert!(commit_scan::commit(&raw_map(&canonical)).is_some());
+        assert!(body_scan::commit(&raw_map(&canonical)).is_some());
         let mut header = encode_cbor(&commit_header()).unwrap();
         // `rev` and `seq` swapped: same length, so only the bytes order them.
         let mut swapped = canonical.clone();
@@ -854,7 +1012,7 @@ mod tests {
         );
         for body in [swapped, longer_first, repeated] {
             let bytes = raw_map(&body);
-            assert!(commit_scan::commit(&bytes).is_none(), "{body:?}");
+            assert!(body_scan::commit(&bytes).is_none(), "{body:?}");
             header.truncate(COMMIT_HEADER.len());
             header.extend(&bytes);
             agree(&header);
@@ -869,7 +1027,7 @@ mod tests {
         let mut loose = canonical.clone();
         let at = loose.iter().position(|&b| b == 0x05).unwrap();
         loose.splice(at..=at, [0x18, 0x05]);
-        assert!(commit_scan::commit(&loose).is_none());
+        assert!(body_scan::commit(&loose).is_none());
         let mut bytes = encode_cbor(&commit_header()).unwrap();
         bytes.extend(&loose);
         agree(&bytes);
