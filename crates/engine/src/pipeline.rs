@@ -611,7 +611,6 @@ async fn worker(
             return;
         };
         let active: Arc<Active> = rules.active();
-        let mut hits = vec![0u64; active.ruleset.rules.len()];
         let mut kinds = [0u64; 4];
         let mut out = Done {
             partition,
@@ -657,9 +656,6 @@ async fn worker(
                     &mut active.counters.view(),
                     &mut firings,
                 );
-                for f in &firings {
-                    hits[f.rule] += 1;
-                }
                 effects::pending(
                     &mut firing_event,
                     unit,
@@ -703,14 +699,12 @@ async fn worker(
                 &rule_counters.insert((active.clone(), counters)).1
             }
         };
-        evaluator.drain_evaluations(|i, n| {
-            counters.evaluations[i].inc_by(n);
-        });
-        for (i, hit) in hits.iter().enumerate() {
-            if *hit > 0 {
-                counters.hits[i].inc_by(*hit);
+        evaluator.drain_tally(|i, evaluated, fired| {
+            counters.evaluations[i].inc_by(evaluated);
+            if fired > 0 {
+                counters.hits[i].inc_by(fired);
             }
-        }
+        });
         if evaluator.failed_units > failed_before {
             metrics
                 .failed_units

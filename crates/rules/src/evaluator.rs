@@ -33,8 +33,8 @@ pub struct Evaluator {
     pub include_off: bool,
     /// Units whose evaluation panicked (a bug): they are skipped, the stream goes on.
     pub failed_units: u64,
-    /// Evaluations per rule index since the last [`Evaluator::drain_evaluations`].
-    evaluations: Vec<u64>,
+    /// Per rule index, since the last [`Evaluator::drain_tally`]: evaluations, then firings.
+    tally: Vec<(u64, u64)>,
 }
 
 impl Evaluator {
@@ -59,7 +59,12 @@ impl Evaluator {
             self.evaluate_unit(ruleset, input, counters, out)
         }));
         match result {
-            Ok(n) => n,
+            Ok(n) => {
+                for firing in &out[before..] {
+                    self.tally[firing.rule].1 += 1;
+                }
+                n
+            }
             Err(_) => {
                 out.truncate(before);
                 self.failed_units += 1;
@@ -68,14 +73,15 @@ impl Evaluator {
         }
     }
 
-    /// Calls `f` with each rule index evaluated since the last drain and how many times, then
-    /// starts counting again. The indexes are those of the ruleset passed to
+    /// Calls `f` with each rule index evaluated since the last drain, how many times it was
+    /// evaluated and how many times it fired (units whose evaluation panicked fire nothing),
+    /// then starts counting again. The indexes are those of the ruleset passed to
     /// [`Evaluator::evaluate`]: drain before evaluating with another ruleset.
-    pub fn drain_evaluations(&mut self, mut f: impl FnMut(usize, u64)) {
-        for (i, n) in self.evaluations.iter_mut().enumerate() {
-            if *n > 0 {
-                f(i, *n);
-                *n = 0;
+    pub fn drain_tally(&mut self, mut f: impl FnMut(usize, u64, u64)) {
+        for (i, (evaluated, fired)) in self.tally.iter_mut().enumerate() {
+            if *evaluated > 0 {
+                f(i, *evaluated, *fired);
+                (*evaluated, *fired) = (0, 0);
             }
         }
     }
@@ -139,11 +145,11 @@ impl Evaluator {
         } else {
             &route.rules
         };
-        if self.evaluations.len() != ruleset.rules.len() {
-            self.evaluations = vec![0; ruleset.rules.len()];
+        if self.tally.len() != ruleset.rules.len() {
+            self.tally = vec![(0, 0); ruleset.rules.len()];
         }
         for &i in rules {
-            self.evaluations[i] += 1;
+            self.tally[i].0 += 1;
             let rule = &ruleset.rules[i];
             if cx.eval(&rule.when) == Val::Bool(true) {
                 out.push(bind(ruleset, i, &cx));

@@ -634,7 +634,7 @@ flag = "title"
 }
 
 #[test]
-fn evaluations_are_tallied_per_rule_and_drained() {
+fn evaluations_and_firings_are_tallied_per_rule_and_drained() {
     let rs = ruleset(
         r#"
 [[rule]]
@@ -683,11 +683,13 @@ flag = "o"
         &account,
     );
     let mut tally = Vec::new();
-    run.eval.drain_evaluations(|rule, n| tally.push((rule, n)));
+    run.eval
+        .drain_tally(|rule, n, fired| tally.push((rule, n, fired)));
     // `off` rules are not evaluated by the engine, so not counted.
-    assert_eq!(tally, vec![(0, 3), (1, 1)]);
+    assert_eq!(tally, vec![(0, 3, 3), (1, 1, 0)]);
     let mut again = Vec::new();
-    run.eval.drain_evaluations(|rule, n| again.push((rule, n)));
+    run.eval
+        .drain_tally(|rule, n, fired| again.push((rule, n, fired)));
     assert!(
         again.is_empty(),
         "a drain starts the count again: {again:?}"
@@ -702,6 +704,6 @@ flag = "o"
     );
     let mut with_off = Vec::new();
     run.eval
-        .drain_evaluations(|rule, n| with_off.push((rule, n)));
-    assert_eq!(with_off, vec![(0, 1), (2, 1)]);
+        .drain_tally(|rule, n, fired| with_off.push((rule, n, fired)));
+    assert_eq!(with_off, vec![(0, 1, 1), (2, 1, 1)]);
 }
