@@ -510,7 +510,16 @@ pub async fn run(settings: Settings) -> Result<(), String> {
     tracing::info!(listen = %local, cursor = ?cursor, "serving");
     eprintln!("skywarden serving on http://{local} (resuming after cursor {cursor:?})");
     set(&readiness, Readiness::Ready);
-    let result = engine.run(source, shutdown_rx).await;
+    // The engine's loop runs as a task, not on this thread: the runtime's threads poll the
+    // socket themselves, so each wait for the next frame is not a wake-up handed from a
+    // runtime thread to this one.
+    let result = match tokio::spawn(async move { engine.run(source, shutdown_rx).await }).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(skywarden_engine::EngineError::Restore(format!(
+            "the engine task stopped: {e}"
+        ))),
+    };
     set(&readiness, Readiness::Stopping);
     match &result {
         Ok(summary) => tracing::info!(
