@@ -67,8 +67,6 @@ pub struct Commit {
     pub rev: CompactString,
     /// Revision this diff is against.
     pub since: Option<CompactString>,
-    /// CID of the signed commit (absent from Jetstream).
-    pub commit_cid: Option<Cid>,
     /// The commit was too big for the relay to include its blocks: ops have CIDs but no
     /// records. Surfaced so a consumer can fetch the repo instead of silently missing data.
     pub too_big: bool,
@@ -437,7 +435,6 @@ impl CommitFrame<'_> {
             body: EventBody::Commit(Commit {
                 rev: self.rev.into(),
                 since: self.since.map(CompactString::from),
-                commit_cid: Some(self.commit),
                 too_big: self.too_big,
                 signature,
                 ops,
@@ -638,4 +635,11 @@ mod tests {
             assert!(err.to_string().contains(missing), "{missing}: {err}");
         }
     }
+}
+
+#[cfg(test)]
+mod size {
+    // Events travel by value from the decoder through the dispatcher's batches to a worker:
+    // every byte here is copied several times per event.
+    const _: () = assert!(std::mem::size_of::<super::Event>() <= 136);
 }

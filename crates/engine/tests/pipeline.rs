@@ -66,7 +66,6 @@ fn post(cursor: i64, did: &str, text: &str) -> Event {
         body: EventBody::Commit(Commit {
             rev: tid(cursor).into(),
             since: None,
-            commit_cid: None,
             too_big: false,
             signature: SignatureCheck::Unchecked,
             ops: vec![Op {

@@ -49,7 +49,6 @@ impl EventSource for Posts {
             body: EventBody::Commit(Commit {
                 rev: rkey.clone().into(),
                 since: None,
-                commit_cid: None,
                 too_big: false,
                 signature: SignatureCheck::Unchecked,
                 ops: vec![Op {

@@ -196,7 +196,6 @@ pub fn decode_message(json: &[u8]) -> Result<Event, String> {
             EventBody::Commit(Commit {
                 rev: c.rev,
                 since: None,
-                commit_cid: None,
                 too_big: false,
                 signature: SignatureCheck::Unchecked,
                 ops: vec![Op {

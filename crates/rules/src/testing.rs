@@ -218,7 +218,6 @@ pub fn record_event(
         body: EventBody::Commit(Commit {
             rev: tid(time_micros).into(),
             since: None,
-            commit_cid: None,
             too_big: false,
             signature: SignatureCheck::Unchecked,
             ops: vec![Op {
@@ -647,7 +646,6 @@ pub fn event_from_json(v: &serde_json::Value) -> Result<Event, String> {
             EventBody::Commit(Commit {
                 rev: v["rev"].as_str().unwrap_or("").into(),
                 since: None,
-                commit_cid: None,
                 too_big: v["tooBig"].as_bool().unwrap_or(false),
                 signature: SignatureCheck::Unchecked,
                 ops,
