@@ -24,6 +24,10 @@ pub struct Event {
     pub body: EventBody,
 }
 
+// Events travel by value from the decoder through the dispatcher's batches to a worker: every
+// byte here is copied several times per event.
+const _: () = assert!(std::mem::size_of::<Event>() <= 136);
+
 /// What an event is about.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventBody {
@@ -635,11 +639,4 @@ mod tests {
             assert!(err.to_string().contains(missing), "{missing}: {err}");
         }
     }
-}
-
-#[cfg(test)]
-mod size {
-    // Events travel by value from the decoder through the dispatcher's batches to a worker:
-    // every byte here is copied several times per event.
-    const _: () = assert!(std::mem::size_of::<super::Event>() <= 136);
 }
