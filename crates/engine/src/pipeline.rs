@@ -522,9 +522,10 @@ impl Engine {
         let accounts = self.accounts.encode();
         let now = now_micros();
         let mut tx = self.store.begin().await?;
-        tx.put_snapshot(&snapshot_name(&self.config, "counters"), &counters, now)
+        let (counter_bytes, account_bytes) = (counters.len(), accounts.len());
+        tx.put_snapshot(&snapshot_name(&self.config, "counters"), counters, now)
             .await?;
-        tx.put_snapshot(&snapshot_name(&self.config, "accounts"), &accounts, now)
+        tx.put_snapshot(&snapshot_name(&self.config, "accounts"), accounts, now)
             .await?;
         tx.set_checkpoint(&self.config.source_name, cursor, now)
             .await?;
@@ -537,12 +538,7 @@ impl Engine {
         self.metrics.checkpoints.inc();
         summary.checkpoints += 1;
         summary.cursor = Some(cursor);
-        tracing::debug!(
-            cursor,
-            counter_bytes = counters.len(),
-            account_bytes = accounts.len(),
-            "checkpoint"
-        );
+        tracing::debug!(cursor, counter_bytes, account_bytes, "checkpoint");
         Ok(())
     }
 }

@@ -10,7 +10,11 @@
 //!   against which effects are de-duplicated;
 //! - **quota usage** per action verb and UTC day;
 //! - **checkpoints** (a source's cursor) and **snapshots** (opaque state blobs: counters,
-//!   account state), written in the same transaction as each other so they always agree;
+//!   account state), written in the same transaction as each other so they always agree. A
+//!   snapshot's bytes go to a file of their own under `snapshots/` in the data directory
+//!   (written and synced before the transaction commits; the database keeps its name, length
+//!   and checksum), so a checkpoint neither copies the state through SQLite's pages and WAL
+//!   nor grows the WAL by the state's size; an in-memory store keeps them in the database;
 //! - **sink cursors**: how far each sink has consumed the effect log;
 //! - **labels** ([`labels`]): the labeler's signed labels in stream order, in SQLite or
 //!   Postgres behind the [`labels::LabelStore`] trait.
@@ -27,7 +31,7 @@ pub mod moderation;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -90,6 +94,14 @@ CREATE TABLE IF NOT EXISTS snapshots (
     data BLOB NOT NULL,
     updated_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS snapshot_files (
+    name TEXT PRIMARY KEY,
+    file TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    checksum INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sink_cursors (
     sink TEXT PRIMARY KEY,
     last_id INTEGER NOT NULL
@@ -138,6 +150,9 @@ pub(crate) async fn open_pool_file(dir: &Path, file: &str, connections: u32) -> 
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    /// Where snapshot files go (`snapshots/` in the data directory); `None` for an in-memory
+    /// store, which keeps snapshots in the database.
+    snapshot_dir: Option<PathBuf>,
 }
 
 /// One effect to append to the log.
@@ -240,7 +255,9 @@ fn effect_row(r: &sqlx::sqlite::SqliteRow) -> EffectRow {
 impl Store {
     /// Opens (creating if needed) `skywarden.db` in `dir`, which must exist.
     pub async fn open(dir: &Path) -> Result<Store> {
-        Self::with_pool(open_pool(dir, 4).await?).await
+        let store = Self::with_pool(open_pool(dir, 4).await?, Some(dir.join(SNAPSHOT_DIR))).await?;
+        store.remove_unreferenced_snapshot_files().await?;
+        Ok(store)
     }
 
     /// An in-memory store (tests): one connection, gone when dropped.
@@ -253,15 +270,15 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(err("opening an in-memory database"))?;
-        Self::with_pool(pool).await
+        Self::with_pool(pool, None).await
     }
 
-    async fn with_pool(pool: SqlitePool) -> Result<Store> {
+    async fn with_pool(pool: SqlitePool, snapshot_dir: Option<PathBuf>) -> Result<Store> {
         sqlx::raw_sql(SCHEMA)
             .execute(&pool)
             .await
             .map_err(err("creating the schema"))?;
-        Ok(Store { pool })
+        Ok(Store { pool, snapshot_dir })
     }
 
     /// Starts a write transaction. It takes the write lock at once (`BEGIN IMMEDIATE`),
@@ -273,7 +290,11 @@ impl Store {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(err("starting a transaction"))?;
-        Ok(Tx { tx })
+        Ok(Tx {
+            tx,
+            snapshot_dir: self.snapshot_dir.clone(),
+            superseded: Vec::new(),
+        })
     }
 
     /// The saved cursor of `source`, if any.
@@ -288,6 +309,22 @@ impl Store {
 
     /// The snapshot saved under `name`, if any.
     pub async fn snapshot(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let file = sqlx::query("SELECT file, bytes, checksum FROM snapshot_files WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err("reading a snapshot's file name"))?;
+        if let Some(row) = file {
+            let dir = self.snapshot_dir.as_deref().unwrap_or(Path::new(""));
+            let path = dir.join(row.get::<String, _>(0));
+            let (bytes, checksum) = (row.get::<i64, _>(1), row.get::<i64, _>(2));
+            let data =
+                tokio::task::spawn_blocking(move || read_snapshot_file(&path, bytes, checksum))
+                    .await
+                    .map_err(|e| io_error("reading a snapshot file", std::io::Error::other(e)))??;
+            return Ok(Some(data));
+        }
+        // Snapshots of an in-memory store, or written before snapshots went to files.
         sqlx::query("SELECT data FROM snapshots WHERE name = ?")
             .bind(name)
             .fetch_optional(&self.pool)
@@ -404,6 +441,37 @@ impl Store {
         .map_err(err("saving a sink cursor"))
     }
 
+    /// Removes snapshot files no checkpoint refers to: those of a transaction that did not
+    /// commit, or replaced ones whose removal was cut short. Snapshot files are only written
+    /// inside a write transaction, so under the write lock taken here, a file no row names
+    /// cannot be one that another process (a running `serve`) is about to commit.
+    async fn remove_unreferenced_snapshot_files(&self) -> Result<()> {
+        let Some(dir) = self.snapshot_dir.clone() else {
+            return Ok(());
+        };
+        let mut tx = self.begin().await?;
+        let referenced: HashSet<String> = sqlx::query("SELECT file FROM snapshot_files")
+            .fetch_all(&mut *tx.tx)
+            .await
+            .map_err(err("listing snapshot files"))?
+            .iter()
+            .map(|row| row.get::<String, _>(0))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".snap")
+                && !referenced.contains(&name)
+                && let Err(e) = std::fs::remove_file(entry.path())
+            {
+                tracing::warn!(file = %entry.path().display(), error = %e, "could not remove an unused snapshot file");
+            }
+        }
+        tx.commit().await
+    }
+
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -482,6 +550,9 @@ pub struct StateValue<'a> {
 /// A write transaction: everything done through it commits atomically.
 pub struct Tx {
     tx: Transaction<'static, Sqlite>,
+    snapshot_dir: Option<PathBuf>,
+    /// Snapshot files this transaction replaces: removed once it has committed.
+    superseded: Vec<PathBuf>,
 }
 
 impl Tx {
@@ -667,25 +738,147 @@ impl Tx {
         .map_err(err("saving the checkpoint"))
     }
 
-    /// Saves a snapshot under `name`, replacing the previous one.
-    pub async fn put_snapshot(&mut self, name: &str, data: &[u8], now: i64) -> Result<()> {
+    /// Saves a snapshot under `name`, replacing the previous one. On disk the bytes go to a
+    /// new file, written and synced now; the transaction records its name, length and
+    /// checksum, and the file it replaces is removed once the transaction has committed. A
+    /// transaction that does not commit leaves the previous snapshot in place (its unused new
+    /// file is removed the next time the store is opened).
+    pub async fn put_snapshot(&mut self, name: &str, data: Vec<u8>, now: i64) -> Result<()> {
+        let Some(dir) = self.snapshot_dir.clone() else {
+            return sqlx::query(
+                "INSERT INTO snapshots (name, data, updated_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (name) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+            )
+            .bind(name)
+            .bind(data)
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await
+            .map(|_| ())
+            .map_err(err("saving a snapshot"));
+        };
+        let previous = sqlx::query("SELECT file, generation FROM snapshot_files WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(err("reading a snapshot's file name"))?
+            .map(|row| (row.get::<String, _>(0), row.get::<i64, _>(1)));
+        let generation = previous.as_ref().map_or(1, |(_, g)| g + 1);
+        let file = snapshot_file_name(name, generation);
+        let (bytes, checksum) = (data.len() as i64, snapshot_checksum(&data));
+        let path = dir.join(&file);
+        tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &path, &data))
+            .await
+            .map_err(|e| io_error("writing a snapshot file", std::io::Error::other(e)))??;
         sqlx::query(
-            "INSERT INTO snapshots (name, data, updated_at) VALUES (?, ?, ?) \
-             ON CONFLICT (name) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+            "INSERT INTO snapshot_files (name, file, generation, bytes, checksum, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET file = excluded.file, \
+             generation = excluded.generation, bytes = excluded.bytes, \
+             checksum = excluded.checksum, updated_at = excluded.updated_at",
         )
         .bind(name)
-        .bind(data)
+        .bind(&file)
+        .bind(generation)
+        .bind(bytes)
+        .bind(checksum)
         .bind(now)
         .execute(&mut *self.tx)
         .await
-        .map(|_| ())
-        .map_err(err("saving a snapshot"))
+        .map_err(err("saving a snapshot's file name"))?;
+        // A snapshot kept in the database by an earlier version is now stale.
+        sqlx::query("DELETE FROM snapshots WHERE name = ?")
+            .bind(name)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(err("removing an old snapshot"))?;
+        if let (Some((old, _)), Some(dir)) = (previous, &self.snapshot_dir) {
+            self.superseded.push(dir.join(old));
+        }
+        Ok(())
     }
 
     /// Commits everything done through this transaction.
     pub async fn commit(self) -> Result<()> {
-        self.tx.commit().await.map_err(err("committing"))
+        self.tx.commit().await.map_err(err("committing"))?;
+        for path in self.superseded {
+            // Left behind, a file is removed the next time the store is opened.
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(file = %path.display(), error = %e, "could not remove a replaced snapshot file");
+            }
+        }
+        Ok(())
     }
+}
+
+/// Where snapshot files live, under the data directory.
+const SNAPSHOT_DIR: &str = "snapshots";
+
+/// A snapshot's file name: the name's safe characters (for people looking at the directory),
+/// a hash of the whole name (so that names differing only in other characters stay apart) and
+/// the generation.
+fn snapshot_file_name(name: &str, generation: i64) -> String {
+    let readable: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(48)
+        .collect();
+    let hash = xxhash_rust::xxh3::xxh3_64(name.as_bytes());
+    format!("{readable}.{hash:016x}.{generation}.snap")
+}
+
+/// The checksum the database keeps of a snapshot file (xxh3, as a signed SQLite integer).
+fn snapshot_checksum(data: &[u8]) -> i64 {
+    xxhash_rust::xxh3::xxh3_64(data) as i64
+}
+
+fn io_error(context: &str, source: std::io::Error) -> StoreError {
+    StoreError {
+        context: context.to_string(),
+        source: sqlx::Error::Io(source),
+    }
+}
+
+/// Writes `data` to `path` in `dir` and syncs the file and the directory, so that the file is
+/// durable before the transaction naming it commits.
+fn write_snapshot_file(dir: &Path, path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let context = |what: &str| format!("{what} snapshot file {}", path.display());
+    std::fs::create_dir_all(dir).map_err(|e| io_error(&context("creating the directory of"), e))?;
+    let mut file = std::fs::File::create(path).map_err(|e| io_error(&context("creating"), e))?;
+    file.write_all(data)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io_error(&context("writing"), e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(&context("syncing the directory of"), e))?;
+    Ok(())
+}
+
+/// Reads a snapshot file and checks it against the length and checksum the database recorded.
+fn read_snapshot_file(path: &Path, bytes: i64, checksum: i64) -> Result<Vec<u8>> {
+    let data = std::fs::read(path)
+        .map_err(|e| io_error(&format!("reading snapshot file {}", path.display()), e))?;
+    if data.len() as i64 != bytes || snapshot_checksum(&data) != checksum {
+        return Err(io_error(
+            &format!("reading snapshot file {}", path.display()),
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the file is damaged: {} bytes with checksum {:016x}, the checkpoint recorded {bytes} bytes with checksum {:016x}",
+                    data.len(),
+                    snapshot_checksum(&data) as u64,
+                    checksum as u64
+                ),
+            ),
+        ));
+    }
+    Ok(data)
 }
 
 #[cfg(test)]
@@ -862,6 +1055,131 @@ mod tests {
         assert_eq!(store.checkpoint("src").await.unwrap(), None);
     }
 
+    fn snapshot_files_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join(SNAPSHOT_DIR))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn snapshots_live_in_files_that_replace_each_other_and_are_checked() {
+        let dir = std::env::temp_dir().join(format!("skywarden-snapshots-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let name = "relay wss://bsky.network/counters";
+        {
+            let store = Store::open(&dir).await.unwrap();
+            assert_eq!(store.snapshot(name).await.unwrap(), None);
+            let mut tx = store.begin().await.unwrap();
+            tx.put_snapshot(name, b"first".to_vec(), 1).await.unwrap();
+            tx.set_checkpoint("relay", 10, 1).await.unwrap();
+            tx.commit().await.unwrap();
+            let files = snapshot_files_in(&dir);
+            assert_eq!(files.len(), 1, "{files:?}");
+            assert!(
+                files[0].starts_with("relay_wss___bsky_network_counters."),
+                "{files:?}"
+            );
+            assert_eq!(
+                std::fs::read(dir.join(SNAPSHOT_DIR).join(&files[0])).unwrap(),
+                b"first"
+            );
+            // Not in the database's pages.
+            let (inline,): (i64,) = sqlx::query_as("SELECT count(*) FROM snapshots")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+            assert_eq!(inline, 0);
+
+            // A replacement removes the file it replaces once committed.
+            let mut tx = store.begin().await.unwrap();
+            tx.put_snapshot(name, b"second".to_vec(), 2).await.unwrap();
+            tx.commit().await.unwrap();
+            let replaced = snapshot_files_in(&dir);
+            assert_eq!(replaced.len(), 1, "{replaced:?}");
+            assert_ne!(replaced, files);
+            assert_eq!(
+                store.snapshot(name).await.unwrap().as_deref(),
+                Some(&b"second"[..])
+            );
+
+            // A transaction that does not commit leaves the last committed snapshot readable;
+            // its own file is left for the next open to remove.
+            let mut tx = store.begin().await.unwrap();
+            tx.put_snapshot(name, b"never committed".to_vec(), 3)
+                .await
+                .unwrap();
+            drop(tx);
+            assert_eq!(snapshot_files_in(&dir).len(), 2);
+            assert_eq!(
+                store.snapshot(name).await.unwrap().as_deref(),
+                Some(&b"second"[..])
+            );
+            store.close().await;
+        }
+        {
+            let store = Store::open(&dir).await.unwrap();
+            assert_eq!(
+                snapshot_files_in(&dir).len(),
+                1,
+                "the unused file is removed at open"
+            );
+            assert_eq!(
+                store.snapshot(name).await.unwrap().as_deref(),
+                Some(&b"second"[..])
+            );
+
+            // A damaged file is an error naming the file, not a silently different state.
+            let file = dir.join(SNAPSHOT_DIR).join(&snapshot_files_in(&dir)[0]);
+            std::fs::write(&file, b"secund").unwrap();
+            let e = store.snapshot(name).await.unwrap_err().to_string();
+            assert!(
+                e.contains("damaged") && e.contains(&*file.to_string_lossy()),
+                "{e}"
+            );
+            std::fs::write(&file, b"second!").unwrap();
+            let e = store.snapshot(name).await.unwrap_err().to_string();
+            assert!(
+                e.contains("7 bytes") && e.contains("recorded 6 bytes"),
+                "{e}"
+            );
+
+            // A snapshot an earlier version kept in the database is still read, and the next
+            // checkpoint moves it to a file.
+            sqlx::query(
+                "INSERT INTO snapshots (name, data, updated_at) VALUES ('old', x'0102', 1)",
+            )
+            .execute(&store.pool)
+            .await
+            .unwrap();
+            assert_eq!(
+                store.snapshot("old").await.unwrap().as_deref(),
+                Some(&[1u8, 2][..])
+            );
+            let mut tx = store.begin().await.unwrap();
+            tx.put_snapshot("old", vec![3], 4).await.unwrap();
+            tx.commit().await.unwrap();
+            assert_eq!(
+                store.snapshot("old").await.unwrap().as_deref(),
+                Some(&[3u8][..])
+            );
+            let (inline,): (i64,) = sqlx::query_as("SELECT count(*) FROM snapshots")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+            assert_eq!(inline, 0);
+            store.close().await;
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[tokio::test]
     async fn state_quota_checkpoint_snapshot_and_sink_cursor() {
         let dir = std::env::temp_dir().join(format!("skywarden-store-{}", std::process::id()));
@@ -890,7 +1208,9 @@ mod tests {
             assert_eq!(tx.quota_used(3, "label").await.unwrap(), 3);
             assert_eq!(tx.quota_used(4, "label").await.unwrap(), 0);
             tx.set_checkpoint("src", 42, 1).await.unwrap();
-            tx.put_snapshot("counters", b"\x00\x01", 1).await.unwrap();
+            tx.put_snapshot("counters", b"\x00\x01".to_vec(), 1)
+                .await
+                .unwrap();
             tx.commit().await.unwrap();
             store.set_sink_cursor("webhook", 9).await.unwrap();
             store.close().await;
