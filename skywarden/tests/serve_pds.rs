@@ -132,6 +132,15 @@ async fn serve_on_a_real_pds_logs_explained_effects_for_abuse_and_none_for_ordin
             "metrics lack {needle}:\n{metrics}"
         );
     }
+    // The checkpoint that reached the last seq was timed.
+    let pauses = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("skywarden_checkpoint_pause_seconds_count "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(
+        pauses.is_some_and(|n| n >= 1.0),
+        "checkpoint pauses: {pauses:?}"
+    );
     // Every rule's series exists from the start; this one must have counted the hit.
     let hits = metrics
         .lines()

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub reloads: Counter,
     /// Checkpoints written.
     pub checkpoints: Counter,
+    /// How long each checkpoint kept the dispatcher stopped (waiting until every dispatched
+    /// event was durable, then saving state and cursor), seconds.
+    pub checkpoint_pause_seconds: Histogram,
     /// Units whose evaluation panicked (skipped).
     pub failed_units: Counter,
     /// Effects delivered by sinks, by sink.
@@ -100,6 +103,7 @@ impl Metrics {
             reload_failures: Counter::default(),
             reloads: Counter::default(),
             checkpoints: Counter::default(),
+            checkpoint_pause_seconds: Histogram::new(exponential_buckets(1e-3, 2.0, 16)),
             failed_units: Counter::default(),
             sink_delivered: Family::default(),
             sink_failures: Family::default(),
@@ -204,6 +208,11 @@ impl Metrics {
             "checkpoints",
             "Checkpoints written",
             self.checkpoints.clone(),
+        );
+        r.register(
+            "checkpoint_pause_seconds",
+            "How long each checkpoint kept the dispatcher stopped: until every dispatched event was durable, then saving state and cursor",
+            self.checkpoint_pause_seconds.clone(),
         );
         r.register(
             "failed_units",

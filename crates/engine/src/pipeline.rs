@@ -390,6 +390,7 @@ impl Engine {
                             >= self.config.checkpoint_interval)
                     || self.rules.reload_pending();
                 if due {
+                    let paused = Instant::now();
                     flush(&queues, &mut batches, &pool).await?;
                     self.barrier(dispatched_total, &mut durable_rx, &mut failed_rx)
                         .await?;
@@ -398,6 +399,9 @@ impl Engine {
                     }
                     if since_checkpoint > 0 {
                         self.checkpoint(last_cursor, &mut summary).await?;
+                        self.metrics
+                            .checkpoint_pause_seconds
+                            .observe(paused.elapsed().as_secs_f64());
                     }
                     since_checkpoint = 0;
                     last_checkpoint = Instant::now();
