@@ -767,6 +767,7 @@ impl Tx {
         let file = snapshot_file_name(name, generation);
         let (bytes, checksum) = (data.len() as i64, snapshot_checksum(&data));
         let path = dir.join(&file);
+        let replaced = previous.map(|(old, _)| dir.join(old));
         tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &path, &data))
             .await
             .map_err(|e| io_error("writing a snapshot file", std::io::Error::other(e)))??;
@@ -791,9 +792,7 @@ impl Tx {
             .execute(&mut *self.tx)
             .await
             .map_err(err("removing an old snapshot"))?;
-        if let (Some((old, _)), Some(dir)) = (previous, &self.snapshot_dir) {
-            self.superseded.push(dir.join(old));
-        }
+        self.superseded.extend(replaced);
         Ok(())
     }
 
