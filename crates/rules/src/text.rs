@@ -898,8 +898,11 @@ pub fn misleading_link(anchor_text: &str, target_uri: &str) -> bool {
 /// 64-bit SimHash of normalised text, for fuzzy near-duplicate detection with [`hamming`].
 ///
 /// Features are 2-token shingles (consecutive [`tokens`], hashed with xxh3), or the single
-/// token when there is only one; every feature has weight 1. Similar texts get hashes a few bits
-/// apart: changing one word of a 20-word text changes two of its 19 shingles. It is
+/// token when there is only one; every feature has weight 1, except that the first shingle
+/// counts twice when the shingles are even in number. That way no bit is tied: a tie would
+/// read as 0, and short texts (four shingles tie on 3 bits in 8) would get hashes of mostly
+/// zeros, whose bands unrelated texts share. Similar texts get hashes a few bits apart:
+/// changing one word of a 20-word text changes two of its 19 shingles. It is
 /// order-sensitive and, on short texts, one changed word moves many bits, so compare only texts
 /// of some length. 0 for text without tokens. Unlike [`fingerprint`], links, mentions and
 /// numbers are included.
@@ -907,6 +910,7 @@ pub fn simhash(normalized: &str) -> u64 {
     let mut bits = BitVotes::new();
     let mut prev: Option<u64> = None;
     let mut first = 0;
+    let mut first_shingle = 0;
     let mut n = 0usize;
     for tok in tokens(normalized) {
         let h = xxh3_64(tok.as_bytes());
@@ -915,7 +919,11 @@ pub fn simhash(normalized: &str) -> u64 {
                 let mut pair = [0u8; 16];
                 pair[..8].copy_from_slice(&p.to_le_bytes());
                 pair[8..].copy_from_slice(&h.to_le_bytes());
-                bits.add(xxh3_64(&pair));
+                let shingle = xxh3_64(&pair);
+                if n == 1 {
+                    first_shingle = shingle;
+                }
+                bits.add(shingle);
             }
             None => first = h,
         }
@@ -925,6 +933,8 @@ pub fn simhash(normalized: &str) -> u64 {
     match n {
         0 => return 0,
         1 => bits.add(first),
+        // n - 1 shingles: an even number gets the first one's second vote, breaking every tie.
+        _ if n % 2 == 1 => bits.add(first_shingle),
         _ => {}
     }
     bits.majority()
