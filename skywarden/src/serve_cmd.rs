@@ -621,21 +621,11 @@ fn spawn_signals(rules: Arc<RulesSlot>, shutdown: watch::Sender<bool>) {
                 }
             });
         }
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                if term.recv().await.is_some() {
-                    tracing::info!("SIGTERM: draining and checkpointing");
-                    let _ = shutdown.send(true);
-                }
-            });
-        }
     }
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::info!("interrupted: draining and checkpointing");
-            let _ = shutdown.send(true);
-        }
+        crate::stop_requested().await;
+        tracing::info!("stop requested (SIGINT or SIGTERM): draining and checkpointing");
+        let _ = shutdown.send(true);
     });
 }
 

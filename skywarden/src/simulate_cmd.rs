@@ -151,9 +151,9 @@ pub async fn run(args: SimulateArgs) -> Result<(), String> {
             );
             let app = server.router();
             let truth_path = args.truth.clone();
-            let serving = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            });
+            // Stopped by SIGINT or SIGTERM, the ground truth is still written.
+            let serving =
+                axum::serve(listener, app).with_graceful_shutdown(crate::stop_requested());
             let result = serving.await.map_err(|e| e.to_string());
             let _ = stop_tx.send(true);
             if let Some(path) = truth_path {

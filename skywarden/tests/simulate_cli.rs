@@ -165,6 +165,7 @@ fn serve_consumes_the_simulated_relay_and_its_plc() {
         .local_addr()
         .unwrap()
         .port();
+    let truth = dir.join("truth.jsonl");
     let mut sim = skywarden()
         .args([
             "simulate",
@@ -175,6 +176,8 @@ fn serve_consumes_the_simulated_relay_and_its_plc() {
             "--listen",
         ])
         .arg(format!("127.0.0.1:{port}"))
+        .arg("--truth")
+        .arg(&truth)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -222,9 +225,36 @@ fn serve_consumes_the_simulated_relay_and_its_plc() {
     };
     assert!(metrics.contains("skywarden_rule_hits_total"), "{metrics}");
     let _ = serve.kill();
-    let _ = sim.kill();
     let _ = serve.wait();
-    let _ = sim.wait();
+    // Stopped the way a service manager stops it, the simulator still writes its ground truth.
+    let terminated = Command::new("kill")
+        .args(["-TERM", &sim.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = sim.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "simulate did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "simulate exit status {status}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&truth)
+        .expect("the ground truth is written on SIGTERM")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty(), "no abusive account in the ground truth");
+    assert!(
+        lines
+            .iter()
+            .all(|t| t["did"].is_string() && t["scenario"].is_string())
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
