@@ -336,14 +336,13 @@ pub(crate) async fn stop_requested() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// Stops on Ctrl-C; returns true once it fired.
+/// A flag set once the process is asked to stop ([`stop_requested`]).
 fn interrupted() -> Arc<std::sync::atomic::AtomicBool> {
     let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let f = flag.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            f.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
+        stop_requested().await;
+        f.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     flag
 }
