@@ -50,12 +50,12 @@ fn check_rejects_broken_rules_with_every_error_located() {
         .lines()
         .filter(|l| l.contains(".toml:") && l.contains(": error: "))
         .count();
-    assert_eq!(located, 21, "{stderr}");
+    assert_eq!(located, 22, "{stderr}");
     assert!(stderr.contains("04-unknown-field.toml:4:21: error: unknown field `record.post.txt`"));
     assert!(
         stderr
             .trim_end()
-            .ends_with("error: 21 errors in the ruleset"),
+            .ends_with("error: 22 errors in the ruleset"),
         "{stderr}"
     );
 }

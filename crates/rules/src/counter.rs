@@ -208,7 +208,14 @@ pub struct CounterSpec {
     /// A key idle (no add) for longer than this (µs) is forgotten: its `total` reads 0 and
     /// sweeps free it.
     pub retention_micros: i64,
+    /// The minute, hour and day windows start this long (µs) after the UTC minute, hour and
+    /// day: a second counter offset by half a window sees whole the bursts that straddle the
+    /// first one's boundary. From 0 to less than a day.
+    pub offset_micros: i64,
 }
+
+/// The largest counter offset, exclusive: a day.
+pub const MAX_OFFSET_MICROS: i64 = 86_400_000_000;
 
 /// Where counters live: in memory here ([`MemoryCounters`]); the engine may provide persistent
 /// or shared stores.
@@ -486,14 +493,21 @@ struct Policy {
     windows: WindowSet,
     /// Never negative.
     retention: i64,
+    /// From 0 to less than [`MAX_OFFSET_MICROS`].
+    offset: i64,
 }
 
 impl Policy {
+    /// The period of window `w` that time `t` falls in, the counter's offset applied.
+    fn period(self, w: Window, t: i64) -> i64 {
+        w.period(t.saturating_sub(self.offset))
+    }
+
     fn step(self, w: Window, last_add: i64, now: i64) -> Step {
         match w {
             Window::Total if now.saturating_sub(last_add) > self.retention => Step::Restart,
             Window::Total => Step::Count,
-            w => match w.period(now).cmp(&w.period(last_add)) {
+            w => match self.period(w, now).cmp(&self.period(w, last_add)) {
                 std::cmp::Ordering::Greater => Step::Restart,
                 std::cmp::Ordering::Equal => Step::Count,
                 std::cmp::Ordering::Less => Step::Skip,
@@ -505,7 +519,7 @@ impl Policy {
     fn current(self, w: Window, last_add: i64, now: i64) -> bool {
         match w {
             Window::Total => now.saturating_sub(last_add) <= self.retention,
-            w => w.period(now) == w.period(last_add),
+            w => self.period(w, now) == self.period(w, last_add),
         }
     }
 
@@ -513,7 +527,7 @@ impl Policy {
     fn alive(self, last_add: i64, now: i64) -> bool {
         self.windows.iter().any(|w| match w {
             Window::Total => now.saturating_sub(last_add) <= self.retention,
-            w => w.period(last_add) >= w.period(now),
+            w => self.period(w, last_add) >= self.period(w, now),
         })
     }
 
@@ -536,6 +550,7 @@ impl Counter {
             windows: self.policy.windows,
             distinct: matches!(self.keys, Keys::Distinct(_)),
             retention_micros: self.policy.retention,
+            offset_micros: self.policy.offset,
         }
     }
 
@@ -717,6 +732,7 @@ impl MemoryCounters {
                 policy: Policy {
                     windows: spec.windows,
                     retention: spec.retention_micros.max(0),
+                    offset: spec.offset_micros.clamp(0, MAX_OFFSET_MICROS - 1),
                 },
                 keys: if spec.distinct {
                     Keys::Distinct(KeyMap::default())
@@ -781,6 +797,7 @@ impl MemoryCounters {
         out.push(p.windows.0);
         out.push(u8::from(matches!(c.keys, Keys::Distinct(_))));
         out.extend_from_slice(&p.retention.to_le_bytes());
+        out.extend_from_slice(&p.offset.to_le_bytes());
         put_varint(out, c.len() as u64);
         match &c.keys {
             Keys::Plain(map) => {
@@ -846,9 +863,9 @@ impl MemoryCounters {
             return Err(malformed("not a counter snapshot (bad magic)"));
         }
         let version = r.u8("the version")?;
-        if version != SNAPSHOT_VERSION {
+        if !(1..=SNAPSHOT_VERSION).contains(&version) {
             return Err(malformed(format!(
-                "unsupported version {version} (this build reads version {SNAPSHOT_VERSION})"
+                "unsupported version {version} (this build reads versions 1 to {SNAPSHOT_VERSION})"
             )));
         }
         let windows = r.u8("the windows")?;
@@ -864,10 +881,19 @@ impl MemoryCounters {
         if retention_micros < 0 {
             return Err(malformed(format!("negative retention {retention_micros}")));
         }
+        let offset_micros = if version >= 2 {
+            r.i64("the offset")?
+        } else {
+            0
+        };
+        if !(0..MAX_OFFSET_MICROS).contains(&offset_micros) {
+            return Err(malformed(format!("offset {offset_micros} out of range")));
+        }
         let theirs = CounterSpec {
             windows: WindowSet(windows),
             distinct,
             retention_micros,
+            offset_micros,
         };
         let ours = c.spec();
         if theirs != ours {
@@ -1043,12 +1069,19 @@ fn spec_difference(snapshot: &CounterSpec, counter: &CounterSpec) -> String {
             snapshot.retention_micros, counter.retention_micros
         ));
     }
+    if snapshot.offset_micros != counter.offset_micros {
+        diffs.push(format!(
+            "offset differs: snapshot has {} µs; counter has {} µs",
+            snapshot.offset_micros, counter.offset_micros
+        ));
+    }
     diffs.join("; and ")
 }
 
 /// `SWCT`: skywarden counter.
 const SNAPSHOT_MAGIC: [u8; 4] = *b"SWCT";
-const SNAPSHOT_VERSION: u8 = 1;
+/// Version 2 added the offset after the retention; version 1 snapshots (no offset) still load.
+const SNAPSHOT_VERSION: u8 = 2;
 const ENTRY_PLAIN: u8 = 0;
 const ENTRY_DISTINCT_SINGLE: u8 = 1;
 const ENTRY_DISTINCT_SETS: u8 = 2;

@@ -4,7 +4,7 @@
 use crate::Mode;
 use crate::action::resolve_reason;
 use crate::compile::{self, CompileError, Compiled, CounterSig, Lit, Node, RegexTable, Scope};
-use crate::counter::{CounterSpec, Window, WindowSet};
+use crate::counter::{CounterSpec, MAX_OFFSET_MICROS, Window, WindowSet};
 use crate::input::Subject;
 use crate::lists::{ListSource, Lists};
 use crate::testing::{self, Fixture, TestCase, TestDoc};
@@ -457,6 +457,7 @@ struct CounterDoc {
     distinct: Option<Spanned<String>>,
     windows: Spanned<Vec<Spanned<String>>>,
     retention: Option<Spanned<String>>,
+    offset: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1011,6 +1012,24 @@ impl Ruleset {
                     },
                     None => parse_duration(DEFAULT_RETENTION).expect("valid default"),
                 };
+                let offset = match &c.offset {
+                    Some(o) => match parse_duration(o.get_ref()) {
+                        Ok(d) if (0..MAX_OFFSET_MICROS).contains(&d) => d,
+                        Ok(_) => {
+                            cx.at(
+                                o.span().start + 1,
+                                "offset must be from 0 to less than a day",
+                                None,
+                            );
+                            0
+                        }
+                        Err(m) => {
+                            cx.at(o.span().start + 1, m, None);
+                            0
+                        }
+                    },
+                    None => 0,
+                };
                 let location = cx.location(counter.span().start);
                 counter_keys.push(key.map_or(Node::Lit(Lit::Bool(false)), |k| k.node));
                 counters.push(Counter {
@@ -1023,6 +1042,7 @@ impl Ruleset {
                         windows,
                         distinct: c.distinct.is_some(),
                         retention_micros: retention,
+                        offset_micros: offset,
                     },
                     location,
                 });

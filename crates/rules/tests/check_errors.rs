@@ -90,6 +90,12 @@ fn every_mistake_gets_exactly_one_located_error() {
         ),
         ("20-bad-test.toml", 7, 1, "unknown expectation `fires`"),
         ("21-multiline.toml", 7, 11, "unknown field `account.agee`"),
+        (
+            "22-counter-offset.toml",
+            7,
+            11,
+            "offset must be from 0 to less than a day",
+        ),
     ];
     assert_eq!(
         got.len(),

@@ -13,10 +13,10 @@ const MIN: i64 = 60 * SEC;
 const HOUR: i64 = 60 * MIN;
 const DAY: i64 = 24 * HOUR;
 
-/// Offsets in an encoding: the header (magic, version, windows, distinct, retention) is 15
-/// bytes, then the key count (one byte below 128 keys), then per key the key (16), the entry
+/// Offsets in an encoding: the header (magic, version, windows, distinct, retention, offset) is
+/// 23 bytes, then the key count (one byte below 128 keys), then per key the key (16), the entry
 /// kind (1) and `last_add` (8).
-const HEADER: usize = 15;
+const HEADER: usize = 23;
 const FIRST_KEY: usize = HEADER + 1;
 const KIND: usize = FIRST_KEY + 16;
 /// A distinct entry's `first`, then its sets.
@@ -28,6 +28,7 @@ fn spec(windows: &[Window], distinct: bool, retention: i64) -> CounterSpec {
         windows: windows.iter().copied().collect::<WindowSet>(),
         distinct,
         retention_micros: retention,
+        offset_micros: 0,
     }
 }
 
@@ -383,14 +384,14 @@ fn malformed_message(counter: usize, bytes: &[u8]) -> String {
 fn invalid_values_are_rejected() {
     let c = populated();
 
-    // Header: magic, version, window bits, distinct flag, retention.
+    // Header: magic, version, window bits, distinct flag, retention, offset.
     let plain = encode(&c, 0);
     let mut b = plain.clone();
     b[0] = b'X';
     assert!(malformed_message(0, &b).contains("magic"));
     let mut b = plain.clone();
-    b[4] = 2;
-    assert!(malformed_message(0, &b).contains("version 2"));
+    b[4] = 3;
+    assert!(malformed_message(0, &b).contains("version 3"));
     let mut b = plain.clone();
     b[5] |= 0x40;
     assert!(malformed_message(0, &b).contains("window set"));
@@ -400,6 +401,9 @@ fn invalid_values_are_rejected() {
     let mut b = plain.clone();
     b[7..15].copy_from_slice(&(-1i64).to_le_bytes());
     assert!(malformed_message(0, &b).contains("negative retention"));
+    let mut b = plain.clone();
+    b[15..23].copy_from_slice(&(86_400 * SEC).to_le_bytes());
+    assert!(malformed_message(0, &b).contains("offset"));
 
     // Trailing bytes, and a key count the bytes cannot hold.
     let mut b = plain.clone();
@@ -619,7 +623,7 @@ fn empty_counter_round_trips() {
     for counter in 0..specs().len() {
         let bytes = encode(&c, counter);
         assert_eq!(bytes.len(), HEADER + 1);
-        assert_eq!(&bytes[..5], b"SWCT\x01");
+        assert_eq!(&bytes[..5], b"SWCT\x02");
         let mut other = populated();
         other.decode_counter(counter, &bytes).unwrap();
         assert_eq!(
@@ -627,5 +631,21 @@ fn empty_counter_round_trips() {
             bytes,
             "decoding replaces the state"
         );
+    }
+}
+
+/// Snapshots from before counters had an offset (version 1: no offset in the header) load as
+/// offset 0, so an upgrade keeps the counters.
+#[test]
+fn version_1_snapshots_load_with_no_offset() {
+    let c = populated();
+    for counter in 0..specs().len() {
+        let current = encode(&c, counter);
+        let mut v1 = current[..15].to_vec();
+        v1[4] = 1;
+        v1.extend_from_slice(&current[HEADER..]);
+        let mut other = MemoryCounters::new(specs());
+        other.decode_counter(counter, &v1).unwrap();
+        assert_eq!(encode(&other, counter), current);
     }
 }

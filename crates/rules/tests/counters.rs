@@ -17,6 +17,7 @@ fn spec(windows: &[Window], distinct: bool, retention: i64) -> CounterSpec {
         windows: windows.iter().copied().collect::<WindowSet>(),
         distinct,
         retention_micros: retention,
+        offset_micros: 0,
     }
 }
 
@@ -522,5 +523,55 @@ fn bytes_per_key() {
             per(reading, n),
             sweeping
         );
+    }
+}
+
+/// An offset moves the period boundaries: offset by 30 s, a "minute" runs from :30 to :30 and
+/// an "hour" from 00:30 past to 00:30 past. Two adds 40 s apart around 12:01:00 fall in two
+/// calendar minutes but in one offset minute.
+#[test]
+fn offset_windows_start_later() {
+    let mut offset = spec(&[Window::Minute, Window::Hour, Window::Day], false, DAY);
+    offset.offset_micros = 30 * SEC;
+    let aligned = spec(&[Window::Minute, Window::Hour, Window::Day], false, DAY);
+    let mut c = MemoryCounters::new(vec![aligned, offset]);
+    let noon = JAN1 + 12 * HOUR;
+    for counter in 0..2 {
+        c.add(counter, 1, None, noon + 40 * SEC);
+        c.add(counter, 1, None, noon + MIN + 20 * SEC);
+    }
+    let at = noon + MIN + 25 * SEC;
+    assert_eq!(c.get(0, 1, Window::Minute, at), 1, "calendar minute 12:01");
+    assert_eq!(
+        c.get(1, 1, Window::Minute, at),
+        2,
+        "offset minute 12:00:30-12:01:30"
+    );
+    // The offset minute ends at 12:01:30; the calendar one at 12:02:00.
+    let later = noon + MIN + 35 * SEC;
+    assert_eq!(c.get(0, 1, Window::Minute, later), 1);
+    assert_eq!(c.get(1, 1, Window::Minute, later), 0);
+    // Hours and days shift the same way: 12:59:50 and 13:00:10 share an offset hour.
+    let mut c = MemoryCounters::new(vec![aligned_hour(), offset_hour()]);
+    for counter in 0..2 {
+        c.add(counter, 1, None, noon + HOUR - 10 * SEC);
+        c.add(counter, 1, None, noon + HOUR + 10 * SEC);
+    }
+    assert_eq!(c.get(0, 1, Window::Hour, noon + HOUR + 10 * SEC), 1);
+    assert_eq!(c.get(1, 1, Window::Hour, noon + HOUR + 10 * SEC), 2);
+    assert_eq!(c.get(1, 1, Window::Day, noon + HOUR + 10 * SEC), 2);
+    // A sweep keeps a key whose offset window is still current, and frees it after.
+    assert_eq!(c.sweep(noon + HOUR + 20 * SEC), 0);
+    assert_eq!(c.sweep(JAN1 + 2 * DAY + MIN), 2);
+}
+
+fn aligned_hour() -> CounterSpec {
+    spec(&[Window::Hour, Window::Day], false, DAY)
+}
+
+fn offset_hour() -> CounterSpec {
+    CounterSpec {
+        offset_micros: 30 * SEC,
+        ..aligned_hour()
     }
 }
