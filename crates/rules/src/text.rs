@@ -905,15 +905,37 @@ pub fn misleading_link(anchor_text: &str, target_uri: &str) -> bool {
 /// changing one word of a 20-word text changes two of its 19 shingles. It is
 /// order-sensitive and, on short texts, one changed word moves many bits, so compare only texts
 /// of some length. 0 for text without tokens. Unlike [`fingerprint`], links, mentions and
-/// numbers are included.
+/// numbers are included, but a link ([`links`]) is one token, its whole text: the five tokens
+/// of `https://news.example.com/story` would otherwise make different comments on one link
+/// near-duplicates of each other.
 pub fn simhash(normalized: &str) -> u64 {
+    let base = normalized.as_ptr() as usize;
+    let mut in_links = links(normalized)
+        .map(|l| {
+            let start = l.as_ptr() as usize - base;
+            (start, start + l.len())
+        })
+        .peekable();
     let mut bits = BitVotes::new();
     let mut prev: Option<u64> = None;
     let mut first = 0;
     let mut first_shingle = 0;
     let mut n = 0usize;
+    let mut link_counted = None;
     for tok in tokens(normalized) {
-        let h = xxh3_64(tok.as_bytes());
+        let start = tok.as_ptr() as usize - base;
+        while in_links.next_if(|&(_, end)| end <= start).is_some() {}
+        let h = match in_links.peek() {
+            // The link's first token stands for the whole link; its other tokens are skipped.
+            Some(&(link_start, link_end)) if link_start <= start => {
+                if link_counted == Some(link_start) {
+                    continue;
+                }
+                link_counted = Some(link_start);
+                xxh3_64(&normalized.as_bytes()[link_start..link_end])
+            }
+            _ => xxh3_64(tok.as_bytes()),
+        };
         match prev {
             Some(p) => {
                 let mut pair = [0u8; 16];

@@ -366,7 +366,7 @@ fields! {
         };
     "text.simhash_bands": List = "the SimHash cut into four 16-bit bands (`0:1a2b`, `1:...`): texts whose SimHashes differ in 3 bits or fewer always share a band, and most light edits do, so a counter keyed by the bands counts near-duplicates. A band value also holds about one in 65,536 of all texts by chance: at a few hundred thousand posts an hour, raise thresholds with the volume (`rules/spam.toml` does)"
         => |f| Val::List(f.simhash_bands());
-    "text.simhash": Int ?o = "64-bit SimHash of the normalised text, for near-duplicate comparison with `hamming()`"
+    "text.simhash": Int ?o = "64-bit SimHash of the normalised text (a link counts as one word), for near-duplicate comparison with `hamming()`"
         => |f| match f.simhash() {
             0 => Val::Missing,
             h => Val::Int(h as i64),

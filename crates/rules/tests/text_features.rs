@@ -476,3 +476,42 @@ mod properties {
         }
     }
 }
+
+/// A link is one SimHash token: different short comments on one link are as far apart as
+/// unrelated texts (about 32 bits), not pulled together by the link's five tokens
+/// (`https`, `news15`, `example`, `com`, `story`).
+#[test]
+fn comments_on_one_link_are_not_near_duplicates() {
+    const WORDS: [&str; 16] = [
+        "morning", "river", "kitchen", "window", "garden", "planet", "coffee", "silver", "market",
+        "winter", "signal", "button", "forest", "pencil", "harbor", "ticket",
+    ];
+    let mut state = 11u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut comment = |n: usize| {
+        (0..n)
+            .map(|_| WORDS[(next() % WORDS.len() as u64) as usize])
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let link = "https://news15.example.com/story";
+    let (mut total, pairs) = (0u32, 200);
+    for _ in 0..pairs {
+        let a = sim(&format!("{} {link}", comment(5)));
+        let b = sim(&format!("{} {link}", comment(5)));
+        total += hamming(a, b);
+    }
+    let mean = f64::from(total) / f64::from(pairs);
+    assert!(mean > 26.0, "mean distance {mean}");
+    // The link still counts: the same comment on another link is a different text.
+    let c = comment(5);
+    assert_ne!(
+        sim(&format!("{c} {link}")),
+        sim(&format!("{c} https://elsewhere.example.org/a"))
+    );
+}
