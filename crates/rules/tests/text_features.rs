@@ -357,16 +357,20 @@ fn simhash_is_stable_and_close_for_near_duplicates() {
 /// Short texts of unrelated words get hashes with as many ones as zeros, so that their 16-bit
 /// bands (the near-duplicate counter's keys) spread over the band's 65,536 values. With ties
 /// read as 0, these texts had 25.6 of 64 bits set on average.
-#[test]
-fn simhash_bits_of_short_texts_are_balanced() {
-    let words: Vec<String> = (0..500).map(|i| format!("w{i:03}x")).collect();
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
+/// A xorshift64 generator: deterministic test input.
+fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         state
-    };
+    }
+}
+
+#[test]
+fn simhash_bits_of_short_texts_are_balanced() {
+    let words: Vec<String> = (0..500).map(|i| format!("w{i:03}x")).collect();
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     let (texts, mut ones, mut zero_bands) = (20_000, 0u64, 0u64);
     for _ in 0..texts {
         let n = 3 + (next() % 6) as usize; // 3 to 8 words: 2 to 7 shingles
@@ -486,13 +490,7 @@ fn comments_on_one_link_are_not_near_duplicates() {
         "morning", "river", "kitchen", "window", "garden", "planet", "coffee", "silver", "market",
         "winter", "signal", "button", "forest", "pencil", "harbor", "ticket",
     ];
-    let mut state = 11u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = xorshift(11);
     let mut comment = |n: usize| {
         (0..n)
             .map(|_| WORDS[(next() % WORDS.len() as u64) as usize])
