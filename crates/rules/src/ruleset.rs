@@ -514,6 +514,27 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 impl Ctx<'_> {
+    /// A duration option in microseconds; outside `allowed` or unparsable, an error at the
+    /// value (`out_of_range` or the parser's message) and 0.
+    fn duration(
+        &mut self,
+        value: &Spanned<String>,
+        allowed: impl std::ops::RangeBounds<i64>,
+        out_of_range: &str,
+    ) -> i64 {
+        match parse_duration(value.get_ref()) {
+            Ok(d) if allowed.contains(&d) => d,
+            Ok(_) => {
+                self.at(value.span().start + 1, out_of_range, None);
+                0
+            }
+            Err(m) => {
+                self.at(value.span().start + 1, m, None);
+                0
+            }
+        }
+    }
+
     fn at(&mut self, offset: usize, message: impl Into<String>, hint: Option<String>) {
         let (line, col) = line_col(&self.file.text, offset);
         self.diags.push(Diagnostic {
@@ -999,37 +1020,16 @@ impl Ruleset {
                     );
                 }
                 let retention = match &c.retention {
-                    Some(r) => match parse_duration(r.get_ref()) {
-                        Ok(d) if d > 0 => d,
-                        Ok(_) => {
-                            cx.at(r.span().start + 1, "retention must be positive", None);
-                            0
-                        }
-                        Err(m) => {
-                            cx.at(r.span().start + 1, m, None);
-                            0
-                        }
-                    },
+                    Some(r) => cx.duration(r, 1.., "retention must be positive"),
                     None => parse_duration(DEFAULT_RETENTION).expect("valid default"),
                 };
-                let offset = match &c.offset {
-                    Some(o) => match parse_duration(o.get_ref()) {
-                        Ok(d) if (0..MAX_OFFSET_MICROS).contains(&d) => d,
-                        Ok(_) => {
-                            cx.at(
-                                o.span().start + 1,
-                                "offset must be from 0 to less than a day",
-                                None,
-                            );
-                            0
-                        }
-                        Err(m) => {
-                            cx.at(o.span().start + 1, m, None);
-                            0
-                        }
-                    },
-                    None => 0,
-                };
+                let offset = c.offset.as_ref().map_or(0, |o| {
+                    cx.duration(
+                        o,
+                        0..MAX_OFFSET_MICROS,
+                        "offset must be from 0 to less than a day",
+                    )
+                });
                 let location = cx.location(counter.span().start);
                 counter_keys.push(key.map_or(Node::Lit(Lit::Bool(false)), |k| k.node));
                 counters.push(Counter {
