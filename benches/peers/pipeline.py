@@ -20,6 +20,12 @@ printed; every run prints CPU time by thread.
 With --repeat and --compare (another build), every configuration runs N times, the builds
 alternating run by run against the same simulator, and the medians are printed at the end: on a
 noisy machine only such alternations resolve a change of a few per cent.
+
+With --calibrate (after `bash benches/peers/decode.sh` has installed the peers and exported the
+recorded frames), the two peer decoders run on one core between the pipeline runs, and the
+medians are also printed scaled to the machine of the issue's reference figures (@atproto/sync
+8.5 k and python `atproto` 27 k frames/s on these frames): this VM's speed moves by up to 2x
+from day to day, so a target in events per CPU-second is only comparable at a known speed.
 """
 
 import argparse
@@ -34,6 +40,9 @@ import tempfile
 import time
 
 from harness import BIN, ROOT, cpu_seconds, free_port, metrics, wait_port
+
+# The issue's reference speeds of the peer decoders on frames recorded from a real PDS.
+REFERENCE_FRAMES_PER_S = {"@atproto/sync": 8_500, "python atproto": 27_000}
 
 
 def value(text, name):
@@ -69,6 +78,27 @@ def thread_cpu(pid):
         fields = stat.rsplit(")", 1)[1].split()
         by_name[name] = by_name.get(name, 0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return sorted(by_name.items(), key=lambda kv: -kv[1])
+
+
+def calibrate():
+    """Frames/s of each peer decoder on one core, on the frames `decode.sh` exported."""
+    frames = os.path.join(ROOT, "target", "peers", "frames.bin")
+    python = os.path.join(ROOT, "target", "peers", "venv", "bin", "python")
+    if not (os.path.exists(frames) and os.path.exists(python)):
+        sys.exit("--calibrate needs the peers: run `bash benches/peers/decode.sh` once first")
+    import json
+    node = subprocess.run(["taskset", "-c", "0", "node", "decode-bench.mjs", frames, "3"],
+                          cwd=os.path.join(ROOT, "tests", "pds"), capture_output=True, text=True, check=True)
+    py = subprocess.run(["taskset", "-c", "0", python, os.path.join(ROOT, "benches", "peers", "decode.py"), frames, "2"],
+                        capture_output=True, text=True, check=True)
+    speeds = {}
+    for out in (node.stdout, py.stdout):
+        r = json.loads(out.strip().splitlines()[-1])
+        speeds[r["decoder"]] = r["frames_per_s"]
+    print("  calibration: " + ", ".join(
+        f"{name} {fps:,.0f} frames/s ({fps / REFERENCE_FRAMES_PER_S[name]:.2f}x reference)"
+        for name, fps in speeds.items()))
+    return speeds
 
 
 def run(binary, relay_port, events, partitions, profile, rules, frequency):
@@ -170,6 +200,8 @@ def main():
                     help="run every configuration this many times and print the medians")
     ap.add_argument("--compare", metavar="BIN",
                     help="another build of skywarden, run alternately with the first on the same simulator")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="run the peer decoders between runs and print the medians at reference speed")
     args = ap.parse_args()
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release -p skywarden")
@@ -187,7 +219,10 @@ def main():
         print(f"simulator: {args.events} frames from {args.accounts} accounts generated in {time.time() - t0:.0f} s; "
               f"{os.cpu_count()} cores")
         results = {}
+        calibrations = []
         for repetition in range(args.repeat):
+            if args.calibrate:
+                calibrations.append(calibrate())
             for partitions in args.partitions:
                 # Builds alternate run by run, so both see the same moments of a noisy machine.
                 for binary in builds:
@@ -196,7 +231,9 @@ def main():
                     profile = args.profile and repetition == 0 and partitions == args.partitions[0]
                     r = run(binary, relay, args.events, partitions, profile, args.rules, args.profile_frequency)
                     results.setdefault((binary, partitions), []).append(r)
-        if len(builds) > 1 or args.repeat > 1:
+        if args.calibrate:
+            calibrations.append(calibrate())
+        if len(builds) > 1 or args.repeat > 1 or args.calibrate:
             print("medians, sinks caught up:")
             for (binary, partitions), runs in results.items():
                 per_cpu = sorted(r["per_cpu_s"] for r in runs)
@@ -204,6 +241,13 @@ def main():
                       f"{statistics.median(r['events_per_s'] for r in runs):,.0f} events/s, "
                       f"{statistics.median(per_cpu):,.0f} events per CPU-second "
                       f"(runs: {', '.join(f'{v:,.0f}' for v in per_cpu)})")
+                if calibrations:
+                    # Scaled by each peer's median speed over the calibrations around the runs.
+                    scaled = [
+                        f"{statistics.median(per_cpu) * REFERENCE_FRAMES_PER_S[name] / statistics.median(c[name] for c in calibrations):,.0f} by {name}"
+                        for name in REFERENCE_FRAMES_PER_S
+                    ]
+                    print(f"    at the reference speed: {', '.join(scaled)} events per CPU-second")
     finally:
         sim.kill()
 
