@@ -89,7 +89,7 @@ def calibrate():
     import json
     node = subprocess.run(["taskset", "-c", "0", "node", "decode-bench.mjs", frames, "3"],
                           cwd=os.path.join(ROOT, "tests", "pds"), capture_output=True, text=True, check=True)
-    py = subprocess.run(["taskset", "-c", "0", python, os.path.join(ROOT, "benches", "peers", "decode.py"), frames, "2"],
+    py = subprocess.run(["taskset", "-c", "0", python, os.path.join(ROOT, "benches", "peers", "decode.py"), frames, "3"],
                         capture_output=True, text=True, check=True)
     speeds = {}
     for out in (node.stdout, py.stdout):
