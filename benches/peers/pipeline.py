@@ -23,12 +23,13 @@ noisy machine only such alternations resolve a change of a few per cent.
 
 With --calibrate (after `bash benches/peers/decode.sh` has installed the peers and exported the
 recorded frames), the two peer decoders run on one core between the pipeline runs, and the
-medians are also printed scaled to the machine of the issue's reference figures (@atproto/sync
-8.5 k and python `atproto` 27 k frames/s on these frames): this VM's speed moves by up to 2x
+medians are also printed scaled to the reference speeds the targets in BENCHMARKS.md are stated
+at (@atproto/sync 8.5 k and python `atproto` 27 k frames/s on frames from a real PDS): this VM's speed moves by up to 2x
 from day to day, so a target in events per CPU-second is only comparable at a known speed.
 """
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -41,7 +42,7 @@ import time
 
 from harness import BIN, ROOT, cpu_seconds, free_port, metrics, wait_port
 
-# The issue's reference speeds of the peer decoders on frames recorded from a real PDS.
+# The reference speeds of the peer decoders on frames recorded from a real PDS.
 REFERENCE_FRAMES_PER_S = {"@atproto/sync": 8_500, "python atproto": 27_000}
 
 
@@ -86,7 +87,6 @@ def calibrate():
     python = os.path.join(ROOT, "target", "peers", "venv", "bin", "python")
     if not (os.path.exists(frames) and os.path.exists(python)):
         sys.exit("--calibrate needs the peers: run `bash benches/peers/decode.sh` once first")
-    import json
     node = subprocess.run(["taskset", "-c", "0", "node", "decode-bench.mjs", frames, "3"],
                           cwd=os.path.join(ROOT, "tests", "pds"), capture_output=True, text=True, check=True)
     py = subprocess.run(["taskset", "-c", "0", python, os.path.join(ROOT, "benches", "peers", "decode.py"), frames, "3"],
